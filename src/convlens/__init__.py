@@ -1,0 +1,1 @@
+"""convlens: train, track and serve CNNs, and see what they learn."""

@@ -1,0 +1,85 @@
+"""How pixels become model input: the one place training and serving agree on it.
+
+Training sees MNIST, which is already 28x28, centred, white-on-black. Serving sees whatever a
+person uploads, so `to_mnist` redoes the steps LeCun et al. used to make MNIST from scanned
+digits, and both paths end in the same `normalize`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SIZE = 28
+DIGIT_BOX = 20
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+INPUT_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+class NoDigitError(ValueError):
+    """The image has no foreground to classify (blank or flat)."""
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Turn a batch of uint8 (0-255) or float (0-1) images into normalized float32 NCHW.
+
+    Accepts (N, 28, 28) or (N, 1, 28, 28), so data loaders can keep uint8 in memory and pay for
+    the float conversion once per batch.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    else:
+        images = images.float()
+    return images.sub(MNIST_MEAN).div_(MNIST_STD)
+
+
+def _ink(image: Image.Image) -> np.ndarray:
+    """Foreground strength in [0, 1] per pixel, whatever the mode and background."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return alpha.astype(np.float32) / 255.0
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:
+        gray = 1.0 - gray
+    return gray
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """Make a real-world digit look like an MNIST digit: uint8 (28, 28), white on black.
+
+    Grayscale, invert a light background, crop to the digit, scale its longer side to 20 px
+    keeping the aspect ratio, and place it in 28x28 with its centre of mass at the centre.
+    """
+    ink = _ink(image)
+    background = float(np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])))
+    ink = np.clip(ink - background, 0.0, None)
+    peak = float(ink.max())
+    if peak < 0.1:
+        raise NoDigitError("the image has no digit: it is blank or has no contrast")
+    ink /= peak
+
+    rows = np.flatnonzero((ink > 0.1).any(axis=1))
+    cols = np.flatnonzero((ink > 0.1).any(axis=0))
+    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+    height, width = digit.shape
+    scale = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray((digit * 255).astype(np.uint8)).resize(size, Image.LANCZOS)
+    digit = np.asarray(resized, dtype=np.float32)
+
+    total = digit.sum()
+    ys, xs = np.indices(digit.shape)
+    cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
+    top = int(np.clip(round(IMAGE_SIZE / 2 - cy - 0.5), 0, IMAGE_SIZE - digit.shape[0]))
+    left = int(np.clip(round(IMAGE_SIZE / 2 - cx - 0.5), 0, IMAGE_SIZE - digit.shape[1]))
+
+    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return canvas.round().clip(0, 255).astype(np.uint8)

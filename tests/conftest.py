@@ -1,0 +1,70 @@
+"""Shared fixtures: the real MNIST files and one small model trained through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "convlens-mnist"
+
+
+def mnist_dir() -> Path:
+    return Path(os.environ.get("CONVLENS_DATA_DIR", REPO / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    root = mnist_dir()
+    if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.fail(
+            f"MNIST not found in {root}/MNIST/raw: set CONVLENS_DATA_DIR to the folder holding "
+            "MNIST/raw/ (or run `make train` once with internet access to download it)"
+        )
+    return root
+
+
+def run_train(workdir: Path, *overrides: str, env: dict | None = None, timeout: float = 600):
+    """`python -m pipelines.train` in `workdir`, so its mlflow.db, mlartifacts and outputs land there."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CONVLENS_DATA_DIR": str(mnist_dir()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.train", *overrides],
+        cwd=workdir,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass(frozen=True)
+class TrainedStore:
+    workdir: Path
+    tracking_uri: str
+    run_id: str
+    version: str
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mnist_root) -> TrainedStore:
+    """One short real training run into a temp sqlite store, registered as champion."""
+    from mlflow import MlflowClient
+
+    workdir = tmp_path_factory.mktemp("trained")
+    result = run_train(workdir, "experiment=smoke")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    version = MlflowClient(uri).get_model_version_by_alias(MODEL_NAME, "champion")
+    return TrainedStore(workdir, uri, version.run_id, version.version)
