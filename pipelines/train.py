@@ -1,6 +1,6 @@
 """`make train`: train the CNN, log everything to MLflow, register it, promote it if better.
 
-    python -m pipelines.train [hydra overrides]    e.g. model=keras_example trainer.max_epochs=3
+python -m pipelines.train [hydra overrides]    e.g. model=keras_example trainer.max_epochs=3
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from convlens.training import TrainResult, train
 
 
 def report(result: TrainResult, version: str, decision) -> None:
-    base = "http://127.0.0.1:5000" if result.tracking_uri.startswith("sqlite") else result.tracking_uri
+    base = (
+        "http://127.0.0.1:5000" if result.tracking_uri.startswith("sqlite") else result.tracking_uri
+    )
     print(
         f"\nrun        {result.run_id}  ({base}/#/experiments/{result.experiment_id}/runs/{result.run_id})"
         f"\ntest acc   {result.test_acc:.4f}"
@@ -39,7 +41,9 @@ def main(cfg: DictConfig) -> float | None:
         client = MlflowClient(result.tracking_uri)
         tags = {"test_acc": f"{result.test_acc:.6f}", "weights_sha256": result.weights_sha256}
         version = register(client, cfg.registry.name, result.model_uri, result.run_id, tags)
-        decision = promote(client, cfg.registry.name, version, result.test_acc, cfg.registry.promote)
+        decision = promote(
+            client, cfg.registry.name, version, result.test_acc, cfg.registry.promote
+        )
         report(result, version.version, decision)
     return result.val_acc_best
 

@@ -30,7 +30,7 @@ def mnist_root() -> Path:
 
 
 def run_train(workdir: Path, *overrides: str, env: dict | None = None, timeout: float = 600):
-    """`python -m pipelines.train` in `workdir`, so its mlflow.db, mlartifacts and outputs land there."""
+    """Run `python -m pipelines.train` in `workdir`, where its store and outputs land."""
     full_env = {
         **os.environ,
         "PYTHONPATH": str(REPO),

@@ -40,7 +40,9 @@ class Dense(nn.Linear):
 def _build_layer(spec: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     kind = spec["type"]
     if kind == "conv":
-        return Conv(shape[0], spec["out_channels"], spec["kernel_size"], spec.get("activation", "relu"))
+        return Conv(
+            shape[0], spec["out_channels"], spec["kernel_size"], spec.get("activation", "relu")
+        )
     if kind == "maxpool":
         return nn.MaxPool2d(spec["kernel_size"])
     if kind == "flatten":
@@ -80,9 +82,7 @@ class ConvNet(nn.Sequential):
 
     def spatial_layer_names(self) -> list[str]:
         """Layers whose outputs are feature maps (conv and pooling)."""
-        return [
-            name for name, m in self.named_children() if isinstance(m, Conv | nn.MaxPool2d)
-        ]
+        return [name for name, m in self.named_children() if isinstance(m, Conv | nn.MaxPool2d)]
 
 
 def activations(

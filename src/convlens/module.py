@@ -55,7 +55,8 @@ class Classifier(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self._step(batch)
         self.train_acc(preds, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -90,7 +91,10 @@ class Classifier(LightningModule):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         interval = self.hparams.scheduler_interval
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
 
 
 def net_from_checkpoint(path: str) -> ConvNet:

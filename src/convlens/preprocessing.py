@@ -30,10 +30,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    else:
-        images = images.float()
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
     return images.sub(MNIST_MEAN).div_(MNIST_STD)
 
 

@@ -51,7 +51,9 @@ def promote(
     if policy not in POLICIES:
         raise ValueError(f"registry.promote must be one of {', '.join(POLICIES)}, got {policy!r}")
     current = champion(client, name)
-    current_acc = float(current.tags["test_acc"]) if current and "test_acc" in current.tags else None
+    current_acc = (
+        float(current.tags["test_acc"]) if current and "test_acc" in current.tags else None
+    )
     if current is not None and current.version == version.version:
         decision = Decision(True, "already champion", candidate_acc, current.version, current_acc)
     elif policy == "never":
@@ -61,10 +63,15 @@ def promote(
     elif current is None or current_acc is None:
         decision = Decision(True, "first model", candidate_acc, _v(current), current_acc)
     elif candidate_acc > current_acc:
-        reason = f"test_acc {candidate_acc:.4f} beats champion v{current.version} ({current_acc:.4f})"
+        reason = (
+            f"test_acc {candidate_acc:.4f} beats champion v{current.version} ({current_acc:.4f})"
+        )
         decision = Decision(True, reason, candidate_acc, current.version, current_acc)
     else:
-        reason = f"test_acc {candidate_acc:.4f} does not beat champion v{current.version} ({current_acc:.4f})"
+        reason = (
+            f"test_acc {candidate_acc:.4f} does not beat champion v{current.version} "
+            f"({current_acc:.4f})"
+        )
         decision = Decision(False, reason, candidate_acc, current.version, current_acc)
 
     if decision.promoted:

@@ -125,7 +125,10 @@ class MLflowVisuals(Callback):
 @torch.inference_mode()
 def predict_labels(net: ConvNet, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     return torch.cat(
-        [net(normalize(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
+        [
+            net(normalize(images[i : i + batch_size])).argmax(1)
+            for i in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -163,7 +166,9 @@ def log_model(run_id: str, net: ConvNet) -> tuple[str, str]:
         architecture = Path(tmp, ARCHITECTURE_FILE)
         architecture.write_text(json.dumps(net.architecture, indent=2))
         digest = sha256_of(weights)
-        signature = mlflow.models.infer_signature(example, net(torch.from_numpy(example)).detach().numpy())
+        signature = mlflow.models.infer_signature(
+            example, net(torch.from_numpy(example)).detach().numpy()
+        )
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 net,
@@ -173,6 +178,7 @@ def log_model(run_id: str, net: ConvNet) -> tuple[str, str]:
                 extra_files=[str(weights), str(architecture)],
                 code_paths=[str(Path(convlens.__file__).parent)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                serialization_format="pickle",
                 tags={"weights_sha256": digest},
             )
     return info.model_uri, digest

@@ -52,9 +52,12 @@ def train(cfg: DictConfig) -> TrainResult | None:
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fail on missing data before any MLflow run exists
     net = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    module = instantiate(
+        cfg.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
+    )
     trainer = build_trainer(cfg)
 
     logger = mlflow_logger(trainer)

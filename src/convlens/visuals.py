@@ -57,10 +57,7 @@ def grid(
         y, x = pad + r * (th + pad), pad + c * (tw + pad)
         canvas[y : y + th, x : x + tw] = scaled[i]
         mask[y : y + th, x : x + tw] = True
-    if cmap is None:
-        rgb = np.stack([canvas] * 3, axis=-1)
-    else:
-        rgb = colormap(cmap)[canvas]
+    rgb = np.stack([canvas] * 3, axis=-1) if cmap is None else colormap(cmap)[canvas]
     rgb[~mask] = BACKGROUND
     return Image.fromarray(rgb, mode="RGB")
 

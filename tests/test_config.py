@@ -1,0 +1,70 @@
+"""Every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from convlens.training import build_trainer
+from tests.conftest import REPO
+
+CONF = REPO / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def composed(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.paths.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return cfg
+
+
+def test_every_group_has_options():
+    expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks"}
+    assert expected <= {g for g, _ in OPTIONS}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_instantiates(tmp_path, group, option):
+    cfg = composed(tmp_path, f"{group}={option}")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        assert cfg.trainer.devices == "auto"
+        pytest.skip("composes; instantiating a GPU trainer needs a GPU")
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model, _convert_="all")
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = instantiate(cfg.module, net=net, optimizer=optimizer, scheduler=scheduler)
+    trainer = build_trainer(cfg)
+    assert datamodule.hparams.batch_size > 0
+    assert module(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert trainer.max_epochs >= 1
+
+
+def test_default_config_trains_five_epochs_with_adam_and_one_cycle(tmp_path):
+    cfg = composed(tmp_path)
+    assert cfg.trainer.max_epochs == 5
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.scheduler.max_lr == cfg.optimizer.lr
+
+
+def test_data_root_defaults_to_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVLENS_DATA_DIR", "/somewhere/else")
+    assert composed(tmp_path).data.root == "/somewhere/else"
+
+
+def test_tracking_uri_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.logger.mlflow.tracking_uri == "http://127.0.0.1:5999"

@@ -1,0 +1,67 @@
+"""Preprocessing: normalization shared with training, and real-world images made MNIST-like."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convlens.preprocessing import MNIST_MEAN, MNIST_STD, NoDigitError, normalize, to_mnist
+
+
+def digit_stroke(size: int = 200) -> np.ndarray:
+    """A thick '1'-like bar, white on black, off-centre."""
+    image = np.zeros((size, size), dtype=np.uint8)
+    image[size // 5 : size // 2, size // 8 : size // 8 + size // 12] = 255
+    return image
+
+
+def test_normalize_accepts_uint8_and_float_alike():
+    raw = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    assert torch.allclose(normalize(raw), normalize(raw.float() / 255))
+
+
+def test_normalize_returns_nchw_with_training_constants():
+    out = normalize(torch.full((2, 28, 28), 255, dtype=torch.uint8))
+    assert out.shape == (2, 1, 28, 28)
+    assert torch.allclose(out, torch.tensor((1 - MNIST_MEAN) / MNIST_STD))
+
+
+def test_to_mnist_fits_the_digit_in_a_20_pixel_box():
+    out = to_mnist(Image.fromarray(digit_stroke()))
+    rows = np.flatnonzero(out.any(axis=1))
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert rows[-1] - rows[0] + 1 == 20
+
+
+def test_to_mnist_centres_the_centre_of_mass():
+    out = to_mnist(Image.fromarray(digit_stroke())).astype(float)
+    ys, xs = np.indices(out.shape)
+    cy, cx = (ys * out).sum() / out.sum(), (xs * out).sum() / out.sum()
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+
+
+def test_to_mnist_inverts_a_light_background():
+    dark_on_light = 255 - digit_stroke()
+    assert np.array_equal(
+        to_mnist(Image.fromarray(dark_on_light)), to_mnist(Image.fromarray(digit_stroke()))
+    )
+
+
+def test_to_mnist_reads_ink_from_transparency():
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[..., 3] = digit_stroke(100)  # black strokes on a transparent canvas
+    out = to_mnist(Image.fromarray(rgba, mode="RGBA"))
+    assert out.max() == 255 and out[0].max() == 0
+
+
+def test_to_mnist_keeps_an_mnist_digit_nearly_unchanged(mnist_root):
+    from torchvision.datasets import MNIST
+
+    digit = MNIST(str(mnist_root), train=False).data[0].numpy()
+    out = to_mnist(Image.fromarray(digit)).astype(int)
+    assert np.abs(out - digit).mean() < 12
+
+
+def test_blank_image_has_no_digit():
+    with pytest.raises(NoDigitError):
+        to_mnist(Image.new("L", (50, 50), 255))

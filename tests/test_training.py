@@ -1,0 +1,188 @@
+"""One short real training run: what lands in MLflow and the registry."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from convlens.data import MNISTDataModule
+from convlens.model import ConvNet
+from convlens.preprocessing import normalize
+from tests.conftest import MODEL_NAME
+
+STEP = re.compile(r"^(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+.*(?<!compressed)\.png$")
+
+
+@pytest.fixture(scope="module")
+def client(trained) -> MlflowClient:
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    return MlflowClient(trained.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def run(client, trained):
+    return client.get_run(trained.run_id)
+
+
+@pytest.fixture(scope="module")
+def logged_images(client, trained) -> dict[str, set[int]]:
+    steps: dict[str, set[int]] = {}
+    for item in client.list_artifacts(trained.run_id, "images"):
+        match = STEP.match(Path(item.path).name)
+        if match:
+            steps.setdefault(match["key"].replace("~", "/"), set()).add(int(match["step"]))
+    return steps
+
+
+@pytest.fixture(scope="module")
+def test_batch(mnist_root):
+    dm = MNISTDataModule(root=str(mnist_root), download=False, test_subset=500)
+    dm.setup()
+    return normalize(dm.test_set.images), dm.test_set.labels
+
+
+def test_run_finishes(run):
+    assert run.info.status == "FINISHED"
+
+
+def test_run_lands_in_the_convlens_experiment(client, run):
+    assert client.get_experiment(run.info.experiment_id).name == "convlens-mnist"
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "train/loss",
+        "train/loss_step",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/loss",
+        "test/acc",
+    ],
+)
+def test_run_has_metric(run, metric):
+    assert metric in run.data.metrics
+
+
+def test_test_accuracy_is_far_above_chance(run):
+    assert run.data.metrics["test/acc"] > 0.6
+
+
+def test_resolved_config_is_logged_as_flat_params(run):
+    params = run.data.params
+    assert float(params["optimizer.lr"]) == pytest.approx(3e-3)
+    assert params["trainer.max_epochs"] == "1"
+    assert params["data.subset"] == "2000"
+
+
+def test_resolved_config_is_logged_as_yaml(client, trained, tmp_path):
+    path = client.download_artifacts(trained.run_id, "config.yaml", str(tmp_path))
+    text = Path(path).read_text()
+    assert "_target_: convlens.model.ConvNet" in text and "${" not in text
+
+
+def test_git_commit_is_tagged(run):
+    assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["mlflow.source.git.commit"])
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_filters_are_logged_every_epoch_from_the_untrained_network(logged_images, layer):
+    assert logged_images[f"filters/{layer}"] == {0, 1}
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_feature_maps_of_ten_fixed_digits_are_logged_every_epoch(logged_images, layer):
+    for digit in range(10):
+        assert logged_images[f"feature_maps/{layer}/digit_{digit}"] == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "artifact",
+    ["evaluation/confusion_matrix.png", "evaluation/misclassified.png", "model_summary.txt"],
+)
+def test_end_of_training_artifact_is_logged(client, trained, artifact):
+    folder = str(Path(artifact).parent) if "/" in artifact else None
+    assert artifact in {a.path for a in client.list_artifacts(trained.run_id, folder)}
+
+
+def test_confusion_matrix_counts_the_whole_test_split(client, trained, tmp_path):
+    path = client.download_artifacts(
+        trained.run_id, "evaluation/confusion_matrix.json", str(tmp_path)
+    )
+    import json
+
+    matrix = np.array(json.loads(Path(path).read_text())["matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 2000
+
+
+def test_model_summary_matches_the_tutorial(client, trained, tmp_path):
+    path = client.download_artifacts(trained.run_id, "model_summary.txt", str(tmp_path))
+    assert "Total params: 225,034" in Path(path).read_text()
+
+
+def test_pytorch_flavor_loads_the_eager_module_with_named_layers():
+    net = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@champion")
+    assert isinstance(net, ConvNet)
+    assert net.layer_names[:4] == ["conv1", "pool1", "conv2", "pool2"]
+
+
+def test_pyfunc_predicts_the_same_labels_as_the_in_memory_model(test_batch):
+    images, _ = test_batch
+    eager = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@champion").eval()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    logits = pyfunc.predict(images.numpy().astype(np.float32))
+    with torch.inference_mode():
+        expected = eager(images).argmax(1).numpy()
+    assert np.array_equal(np.asarray(logits).argmax(1), expected)
+
+
+def test_safetensors_weights_rebuild_the_model_without_pickle(
+    client, trained, test_batch, tmp_path
+):
+    from safetensors.torch import load_file
+
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path)
+        )
+    )
+    import json
+
+    net = ConvNet(**json.loads((folder / "extra_files" / "architecture.json").read_text()))
+    net.load_state_dict(load_file(folder / "extra_files" / "model.safetensors"))
+    eager = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@champion").eval()
+    images, _ = test_batch
+    with torch.inference_mode():
+        assert torch.allclose(net.eval()(images), eager(images), atol=1e-5)
+
+
+def test_registered_version_carries_the_weights_sha256(client, trained, tmp_path):
+    version = client.get_model_version(MODEL_NAME, trained.version)
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path)
+        )
+    )
+    digest = hashlib.sha256((folder / "extra_files" / "model.safetensors").read_bytes()).hexdigest()
+    assert version.tags["weights_sha256"] == digest
+
+
+def test_first_model_becomes_champion_and_the_decision_is_recorded(client, run, trained):
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert version.version == trained.version and version.run_id == trained.run_id
+    assert version.tags["promotion.decision"] == "promoted"
+    assert run.data.tags["promotion.decision"] == "promoted"
+
+
+def test_checkpoints_load_with_weights_only(trained):
+    checkpoints = list(trained.workdir.glob("outputs/**/checkpoints/*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        torch.load(path, map_location="cpu", weights_only=True)
