@@ -152,7 +152,7 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def log_model(run_id: str, net: ConvNet) -> tuple[str, str]:
+def log_model(tracking_uri: str, run_id: str, net: ConvNet) -> tuple[str, str]:
     """Log the network as an MLflow PyTorch model with safetensors weights and architecture JSON.
 
     Returns (model URI, sha256 of the weights). The pickled module serves MLflow's own loaders;
@@ -169,6 +169,7 @@ def log_model(run_id: str, net: ConvNet) -> tuple[str, str]:
         signature = mlflow.models.infer_signature(
             example, net(torch.from_numpy(example)).detach().numpy()
         )
+        mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 net,

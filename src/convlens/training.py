@@ -74,12 +74,13 @@ def train(cfg: DictConfig) -> TrainResult | None:
     best_net = net_from_checkpoint(best) if best else module.net.cpu().eval()
     client = logger.experiment
     log_evaluation(client, logger.run_id, best_net, datamodule.test_set)
-    model_uri, digest = log_model(logger.run_id, best_net)
+    tracking_uri = cfg.logger.mlflow.tracking_uri
+    model_uri, digest = log_model(tracking_uri, logger.run_id, best_net)
     val_best = metrics.get("val/acc_best")
     return TrainResult(
         run_id=logger.run_id,
         experiment_id=logger.experiment_id,
-        tracking_uri=logger._tracking_uri,
+        tracking_uri=tracking_uri,
         test_acc=float(metrics["test/acc"]),
         val_acc_best=float(val_best) if val_best is not None else float("nan"),
         best_checkpoint=best,
