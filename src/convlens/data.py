@@ -8,10 +8,11 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 
+from convlens import UserError
 from convlens.preprocessing import normalize
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The dataset cannot be found or fetched; the message says where and how to fix it."""
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning import Trainer, seed_everything
 
 from convlens.module import net_from_checkpoint
+from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
 from convlens.tracking import (
     local_artifact_location,
     log_config,
@@ -45,12 +47,24 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def resume_from(cfg: DictConfig) -> None:
+    """Point the config at the run being resumed: its MLflow run, checkpoints and last.ckpt."""
+    mlflow_cfg = cfg.logger.mlflow
+    found = find_resumable(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, cfg.resume)
+    with open_dict(cfg):
+        cfg.logger.mlflow.run_id = found.run_id
+        cfg.callbacks.model_checkpoint.dirpath = found.checkpoint_dir
+        cfg.ckpt_path = found.checkpoint
+
+
 def train(cfg: DictConfig) -> TrainResult | None:
     """Run the whole training; returns the result on global rank zero, None on other ranks."""
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
+    if cfg.get("resume"):
+        resume_from(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data before any MLflow run exists
     net = instantiate(cfg.model, _convert_="all")
@@ -62,7 +76,12 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
     logger = mlflow_logger(trainer)
     if logger is not None and trainer.is_global_zero:
-        log_config(logger, cfg)
+        if cfg.get("resume"):
+            logger.experiment.set_tag(logger.run_id, "convlens.resumed_from", cfg.ckpt_path)
+        else:
+            log_config(logger, cfg)
+            checkpoint_dir = str(Path(trainer.checkpoint_callback.dirpath).resolve())
+            logger.experiment.set_tag(logger.run_id, CHECKPOINT_DIR_TAG, checkpoint_dir)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

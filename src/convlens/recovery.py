@@ -1,0 +1,89 @@
+"""Carrying on after a crash: find the run to resume, and checkpoint when asked to stop.
+
+Each run records where its checkpoints live (`convlens.checkpoint_dir`), so `resume=<run id>`
+or `resume=latest` can pick up the last checkpoint and keep logging into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from convlens import UserError
+
+CHECKPOINT_DIR_TAG = "convlens.checkpoint_dir"
+LAST = "last.ckpt"
+
+
+class ResumeError(UserError):
+    """Nothing to resume; the message says what was looked for."""
+
+
+@dataclass(frozen=True)
+class Resumable:
+    run_id: str
+    checkpoint_dir: str
+    checkpoint: str
+
+
+def find_resumable(tracking_uri: str, experiment_name: str, which: str) -> Resumable:
+    """The run `which` names (a run id, or `latest` for the newest unfinished run)."""
+    client = MlflowClient(tracking_uri)
+    if which == "latest":
+        experiment = client.get_experiment_by_name(experiment_name)
+        runs = (
+            client.search_runs(
+                [experiment.experiment_id],
+                filter_string="attributes.status != 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+            )
+            if experiment
+            else []
+        )
+        candidates = [r for r in runs if _last_checkpoint(r.data.tags.get(CHECKPOINT_DIR_TAG))]
+        if not candidates:
+            raise ResumeError(
+                f"resume=latest: no unfinished run with a checkpoint in experiment "
+                f"{experiment_name!r}; start a new run without resume="
+            )
+        run = candidates[0]
+    else:
+        try:
+            run = client.get_run(which)
+        except Exception:
+            raise ResumeError(f"resume={which}: no such MLflow run in {tracking_uri}") from None
+        if run.info.status == "FINISHED":
+            raise ResumeError(f"resume={which}: that run already finished; nothing to resume")
+    folder = run.data.tags.get(CHECKPOINT_DIR_TAG)
+    checkpoint = _last_checkpoint(folder)
+    if checkpoint is None:
+        raise ResumeError(f"resume={run.info.run_id}: no {LAST} in {folder}")
+    return Resumable(run.info.run_id, folder, str(checkpoint))
+
+
+def _last_checkpoint(folder: str | None) -> Path | None:
+    path = Path(folder, LAST) if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+class CheckpointOnStop(Callback):
+    """On SIGTERM (as `docker stop` sends) or Ctrl-C, write `last.ckpt` before exiting."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception) -> None:
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            return
+        path = Path(self.dirpath, LAST)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(
+                f"\nstopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f'checkpoint saved to {path}. Resume with: make train ARGS="resume=latest"',
+                flush=True,
+            )
