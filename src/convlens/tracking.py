@@ -1,15 +1,13 @@
 """Everything a run writes to MLflow besides Lightning's metrics: config, pictures, the model.
 
-Lightning's `MLFlowLogger` has no image API, so pictures go through `MlflowClient` with the
-logger's run id, and only on global rank zero (other ranks have no run).
+Lightning's `MLFlowLogger` has no image API; `BufferedMLFlowLogger.log_image` adds one, and
+only global rank zero writes (other ranks have no run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,14 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import MLFlowLogger
-from safetensors.torch import save_file
 
 import convlens
 from convlens.data import TensorImages, one_per_digit
 from convlens.model import ConvNet, activations, summary
+from convlens.outbox import BufferedMLFlowLogger
 from convlens.preprocessing import INPUT_SHAPE, normalize
 from convlens.visuals import confusion_figure, digit_gallery, feature_map_grid, filter_grid
-
-WEIGHTS_FILE = "model.safetensors"
-ARCHITECTURE_FILE = "architecture.json"
+from convlens.weights import ARCHITECTURE_FILE, WEIGHTS_FILE, load_weights, save_weights, sha256_of
 
 
 def local_artifact_location(tracking_uri: str, root_dir: str) -> str | None:
@@ -39,8 +35,8 @@ def local_artifact_location(tracking_uri: str, root_dir: str) -> str | None:
     return None
 
 
-def mlflow_logger(trainer: Trainer) -> MLFlowLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+def mlflow_logger(trainer: Trainer) -> BufferedMLFlowLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, BufferedMLFlowLogger)), None)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -98,7 +94,6 @@ class MLflowVisuals(Callback):
         if self.digits is None:
             test_set: TensorImages = trainer.datamodule.test_set
             self.digits = test_set.images[one_per_digit(test_set.labels)]
-        client: MlflowClient = logger.experiment
         was_training = net.training
         net.eval()
         with torch.inference_mode():
@@ -107,11 +102,11 @@ class MLflowVisuals(Callback):
         net.train(was_training)
         for layer in layers:
             weights = getattr(net, layer).weight.detach().cpu().float().numpy()
-            client.log_image(logger.run_id, filter_grid(weights), key=f"filters/{layer}", step=step)
+            logger.log_image(filter_grid(weights), key=f"filters/{layer}", step=step)
             for digit in range(10):
                 grid = feature_map_grid(maps[layer][digit].cpu().float().numpy())
                 key = f"feature_maps/{layer}/digit_{digit}"
-                client.log_image(logger.run_id, grid, key=key, step=step)
+                logger.log_image(grid, key=key, step=step)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch == 0:
@@ -124,62 +119,63 @@ class MLflowVisuals(Callback):
 
 @torch.inference_mode()
 def predict_labels(net: ConvNet, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat(
-        [
-            net(normalize(images[i : i + batch_size])).argmax(1)
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    batches = range(0, len(images), batch_size)
+    return torch.cat([net(normalize(images[i : i + batch_size])).argmax(1) for i in batches])
 
 
-def log_evaluation(client: MlflowClient, run_id: str, net: ConvNet, test_set: TensorImages) -> None:
-    """Confusion matrix, a gallery of misclassified digits and the model summary."""
+def save_final(folder: Path, net: ConvNet, test_set: TensorImages) -> str:
+    """Write the end-of-run artifacts to `folder` first, so nothing depends on the server.
+
+    Returns the sha256 of the weights. `publish_final` sends the folder to MLflow.
+    """
+    folder = Path(folder)
+    (folder / "evaluation").mkdir(parents=True, exist_ok=True)
     preds = predict_labels(net, test_set.images).numpy()
     labels = test_set.labels.numpy()
     matrix = np.zeros((10, 10), dtype=np.int64)
     np.add.at(matrix, (labels, preds), 1)
-    client.log_figure(run_id, confusion_figure(matrix), "evaluation/confusion_matrix.png")
-    client.log_dict(run_id, {"matrix": matrix.tolist()}, "evaluation/confusion_matrix.json")
+    confusion_figure(matrix).savefig(folder / "evaluation" / "confusion_matrix.png", dpi=100)
+    (folder / "evaluation" / "confusion_matrix.json").write_text(
+        json.dumps({"matrix": matrix.tolist()})
+    )
     wrong = np.flatnonzero(preds != labels)[:64]
     if len(wrong):
         captions = [f"{labels[i]} as {preds[i]}" for i in wrong]
         gallery = digit_gallery(test_set.images[wrong].numpy(), captions)
-        client.log_image(run_id, gallery, artifact_file="evaluation/misclassified.png")
-    client.log_text(run_id, summary(net), "model_summary.txt")
+        gallery.save(folder / "evaluation" / "misclassified.png")
+    (folder / "model_summary.txt").write_text(summary(net))
+    return save_weights(net, folder / "model")
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def publish_final(tracking_uri: str, run_id: str, folder: Path) -> str:
+    """Log a `save_final` folder to the run: evaluation, summary and the model. Returns its URI.
 
-
-def log_model(tracking_uri: str, run_id: str, net: ConvNet) -> tuple[str, str]:
-    """Log the network as an MLflow PyTorch model with safetensors weights and architecture JSON.
-
-    Returns (model URI, sha256 of the weights). The pickled module serves MLflow's own loaders;
-    the safetensors file and JSON let serving rebuild the network without unpickling anything.
+    The model is rebuilt from the safetensors file, so what MLflow holds is exactly what
+    serving will load. MLflow's loaders get a pickled module beside it.
     """
-    net = net.cpu().eval().to(memory_format=torch.contiguous_format)
+    folder = Path(folder)
+    client = MlflowClient(tracking_uri)
+    client.log_artifacts(run_id, str(folder / "evaluation"), "evaluation")
+    client.log_artifact(run_id, str(folder / "model_summary.txt"))
+    net = load_weights(folder / "model")
+    digest = sha256_of(folder / "model" / WEIGHTS_FILE)
     example = normalize(torch.zeros(2, *INPUT_SHAPE[1:], dtype=torch.uint8)).numpy()
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp, WEIGHTS_FILE)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
-        architecture = Path(tmp, ARCHITECTURE_FILE)
-        architecture.write_text(json.dumps(net.architecture, indent=2))
-        digest = sha256_of(weights)
-        signature = mlflow.models.infer_signature(
-            example, net(torch.from_numpy(example)).detach().numpy()
+    with torch.inference_mode():
+        output = net(torch.from_numpy(example)).numpy()
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            signature=mlflow.models.infer_signature(example, output),
+            input_example=example,
+            extra_files=[
+                str(folder / "model" / WEIGHTS_FILE),
+                str(folder / "model" / ARCHITECTURE_FILE),
+            ],
+            code_paths=[str(Path(convlens.__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            serialization_format="pickle",
+            tags={"weights_sha256": digest},
         )
-        mlflow.set_tracking_uri(tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                net,
-                name="model",
-                signature=signature,
-                input_example=example,
-                extra_files=[str(weights), str(architecture)],
-                code_paths=[str(Path(convlens.__file__).parent)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-                serialization_format="pickle",
-                tags={"weights_sha256": digest},
-            )
-    return info.model_uri, digest
+    return info.model_uri

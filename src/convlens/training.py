@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning import Trainer, seed_everything
 
 from convlens.module import net_from_checkpoint
+from convlens.reachability import check_reachable
 from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
 from convlens.tracking import (
     local_artifact_location,
     log_config,
-    log_evaluation,
-    log_model,
     mlflow_logger,
+    publish_final,
+    save_final,
 )
 
 
@@ -29,8 +30,12 @@ class TrainResult:
     test_acc: float
     val_acc_best: float
     best_checkpoint: str
-    model_uri: str
+    final_dir: str
     weights_sha256: str
+    model_uri: str | None = None
+    unlogged_dir: str | None = (
+        None  # set when the tracking server could not take the end of the run
+    )
 
 
 def build_trainer(cfg: DictConfig) -> Trainer:
@@ -63,6 +68,8 @@ def train(cfg: DictConfig) -> TrainResult | None:
         seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
+    if cfg.get("logger") and "mlflow" in cfg.logger:
+        check_reachable(cfg.logger.mlflow.tracking_uri)
     if cfg.get("resume"):
         resume_from(cfg)
     datamodule = instantiate(cfg.data)
@@ -85,24 +92,37 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    val_best = trainer.callback_metrics.get("val/acc_best")  # testing replaces callback_metrics
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     if not trainer.is_global_zero or logger is None:
         return None
 
     metrics = trainer.callback_metrics
     best_net = net_from_checkpoint(best) if best else module.net.cpu().eval()
-    client = logger.experiment
-    log_evaluation(client, logger.run_id, best_net, datamodule.test_set)
-    tracking_uri = cfg.logger.mlflow.tracking_uri
-    model_uri, digest = log_model(tracking_uri, logger.run_id, best_net)
-    val_best = metrics.get("val/acc_best")
-    return TrainResult(
+    final_dir = Path(cfg.paths.output_dir, "final").resolve()
+    result = TrainResult(
         run_id=logger.run_id,
         experiment_id=logger.experiment_id,
-        tracking_uri=tracking_uri,
+        tracking_uri=cfg.logger.mlflow.tracking_uri,
         test_acc=float(metrics["test/acc"]),
         val_acc_best=float(val_best) if val_best is not None else float("nan"),
         best_checkpoint=best,
-        model_uri=model_uri,
-        weights_sha256=digest,
+        final_dir=str(final_dir),
+        weights_sha256=save_final(final_dir, best_net, datamodule.test_set),
     )
+    if logger.deliver(force=True):
+        try:
+            return replace(
+                result, model_uri=publish_final(result.tracking_uri, result.run_id, final_dir)
+            )
+        except Exception as error:  # the server went away between the two calls
+            logger.record_failure(error)
+    logger.outbox.persist(
+        run_id=result.run_id,
+        tracking_uri=result.tracking_uri,
+        final_dir=result.final_dir,
+        test_acc=result.test_acc,
+        weights_sha256=result.weights_sha256,
+        registry=OmegaConf.to_container(cfg.registry, resolve=True),
+    )
+    return replace(result, unlogged_dir=str(logger.outbox.folder))

@@ -1,0 +1,187 @@
+"""Training against a tracking server that goes away: nothing stalls for long, nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import MODEL_NAME, REPO, mnist_dir, run_train
+from tests.mlflow_server import MlflowServer, free_port
+
+OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "120"))
+# Many short epochs, bounded by time rather than count, so training outlasts the outage
+# however fast the machine is.
+ARGS = [
+    "trainer.max_epochs=10000",
+    "data.subset=640",
+    "data.val_subset=500",
+    "data.test_subset=500",
+    "trainer.log_every_n_steps=5",
+]
+
+
+def start_training(workdir: Path, uri: str, max_time: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CONVLENS_DATA_DIR": str(mnist_dir()),
+        "MLFLOW_TRACKING_URI": uri,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", *ARGS, f"trainer.max_time={max_time}"],
+        cwd=workdir,
+        env=env,
+        stdout=open(workdir / "train.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for_first_epoch(workdir: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not list(workdir.glob("outputs/*/*/checkpoints/epoch00-*.ckpt")):
+        assert process.poll() is None, (workdir / "train.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no epoch finished within 300 s"
+        time.sleep(0.1)
+
+
+def the_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("convlens-mnist").experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    names = [a.path for a in client.list_artifacts(run_id, "images")]
+    prefix = key.replace("/", "~") + "+step+"
+    return {
+        int(n.split("+step+")[1].split("+")[0]) for n in names if prefix in n and n.endswith(".png")
+    }
+
+
+@pytest.fixture(scope="module")
+def outage_then_return(tmp_path_factory, mnist_root):
+    workdir = tmp_path_factory.mktemp("outage")
+    server = MlflowServer(workdir).start()
+    process = start_training(
+        workdir, server.uri, f"00:00:{int(OUTAGE_S + 60) // 60:02d}:{int(OUTAGE_S + 60) % 60:02d}"
+    )
+    try:
+        wait_for_first_epoch(workdir, process)
+        server.stop()
+        time.sleep(OUTAGE_S)
+        server.start()
+        rc = process.wait(timeout=OUTAGE_S + 600)
+        yield workdir, rc, MlflowClient(server.uri)
+    finally:
+        process.kill()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_training_finishes_through_an_outage(outage_then_return):
+    workdir, rc, client = outage_then_return
+    assert rc == 0, (workdir / "train.log").read_text()[-3000:]
+    assert the_run(client).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_metrics_logged_during_the_outage_are_written_when_it_returns(outage_then_return):
+    _, _, client = outage_then_return
+    run = the_run(client)
+    epochs = len(list(Path(run.data.tags["convlens.checkpoint_dir"]).parent.glob("final")))
+    val = client.get_metric_history(run.info.run_id, "val/acc")
+    assert epochs == 1
+    assert len(val) == len({m.step for m in val}) >= 3
+    assert [m.step for m in val] == sorted(m.step for m in val)
+
+
+@pytest.mark.slow
+def test_images_logged_during_the_outage_are_written_when_it_returns(outage_then_return):
+    _, _, client = outage_then_return
+    run = the_run(client)
+    val_epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
+    assert image_steps(client, run.info.run_id, "filters/conv1") == set(range(val_epochs + 1))
+
+
+@pytest.mark.slow
+def test_the_model_is_registered_after_an_outage(outage_then_return):
+    _, _, client = outage_then_return
+    assert (
+        client.get_model_version_by_alias(MODEL_NAME, "champion").run_id
+        == the_run(client).info.run_id
+    )
+
+
+@pytest.fixture(scope="module")
+def server_gone_for_good(tmp_path_factory, mnist_root):
+    workdir = tmp_path_factory.mktemp("gone")
+    server = MlflowServer(workdir).start()
+    process = start_training(workdir, server.uri, "00:00:00:40")
+    try:
+        wait_for_first_epoch(workdir, process)
+        server.stop()
+        stopped = time.monotonic()
+        rc = process.wait(timeout=600)
+        yield workdir, rc, time.monotonic() - stopped, server
+    finally:
+        process.kill()
+        server.stop()
+
+
+def test_training_finishes_when_the_server_is_gone_for_good(server_gone_for_good):
+    workdir, rc, elapsed, _ = server_gone_for_good
+    log = (workdir / "train.log").read_text()
+    assert rc == 75, log[-3000:]
+    assert elapsed < 40 + 30 + 60  # the rest of max_time, at most 30 s of stall, test and save
+
+
+def test_it_says_what_was_not_logged_and_how_to_upload(server_gone_for_good):
+    workdir, *_ = server_gone_for_good
+    log = (workdir / "train.log").read_text()
+    assert "did not answer" in log and "python -m pipelines.upload" in log
+    assert "Traceback" not in log
+
+
+def test_checkpoints_and_the_best_model_stay_on_disk(server_gone_for_good):
+    workdir, *_ = server_gone_for_good
+    assert list(workdir.glob("outputs/*/*/checkpoints/*.ckpt"))
+    assert list(workdir.glob("outputs/*/*/final/model/model.safetensors"))
+    assert list(workdir.glob("outputs/*/*/mlflow-outbox/manifest.json"))
+
+
+def test_upload_sends_everything_once_the_server_is_back(server_gone_for_good):
+    workdir, _, _, server = server_gone_for_good
+    outbox = next(workdir.glob("outputs/*/*/mlflow-outbox"))
+    server.start()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.upload", str(outbox)],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(server.uri)
+    run = the_run(client)
+    assert run.info.status == "FINISHED"
+    assert "test/acc" in run.data.metrics
+    val_epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
+    assert image_steps(client, run.info.run_id, "filters/conv1") == set(range(val_epochs + 1))
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").run_id == run.info.run_id
+    assert not outbox.exists()
+
+
+def test_unreachable_server_at_start_is_a_clear_error_within_30_s(tmp_path, mnist_root):
+    started = time.monotonic()
+    result = run_train(
+        tmp_path, "experiment=smoke", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the MLflow tracking server at http://127.0.0.1:")
+    assert "unreachable" in last
