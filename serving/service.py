@@ -1,0 +1,607 @@
+"""The champion CNN as a BentoML 1.4 service: predictions, and a look inside the network.
+
+    bentoml serve serving.service:ConvLens        (or `make serve`)
+
+The model comes from the BentoML model store (`make package` imports the MLflow champion
+there): an architecture JSON and safetensors weights, rebuilt as a plain `ConvNet` after
+checking the weights' sha256 against the registered one. Nothing is unpickled.
+
+Every client error is answered with a 4xx status and the body {"error": "<what was wrong>"}:
+400 bad input, 413 over a size limit, 422 an image with no digit in it. `JSONErrors` below
+keeps BentoML's own validation errors in that shape too. Settings live in `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import bentoml
+import numpy as np
+import pydantic
+import torch
+import yaml
+from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
+from bentoml.exceptions import BentoMLException
+from PIL import Image
+from pydantic import BaseModel, BeforeValidator
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from convlens.images import (
+    FORMATS,
+    MODES,
+    ImageError,
+    ImageLimits,
+    ImageTooLarge,
+    batch_from_array,
+    read_image,
+)
+from convlens.kernels import KERNELS, convolve2d, max_pool, relu
+from convlens.model import ConvNet, activations, describe
+from convlens.preprocessing import INPUT_SHAPE, NoDigitError, normalize, to_mnist
+from convlens.visuals import feature_map_grid, filter_grid, grid
+from convlens.weights import load_weights
+from serving.ui_app import ui_app
+
+CONFIG_FILE = Path(__file__).with_name("config.yaml")
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    model: str
+    workers: int | Literal["cpu_count"]
+    torch_threads: int
+    timeout_s: float
+    max_concurrency: int
+    max_batch_size: int
+    max_latency_ms: int
+    max_request_bytes: int
+    max_batch_images: int
+    image_limits: ImageLimits
+
+    @classmethod
+    def load(cls, path: Path = CONFIG_FILE, env: Mapping[str, str] | None = None) -> ServingConfig:
+        """`config.yaml`, with CONVLENS_MODEL and CONVLENS_WORKERS from the environment on top."""
+        env = os.environ if env is None else env
+        raw = yaml.safe_load(path.read_text())
+        workers = env.get("CONVLENS_WORKERS") or raw["workers"]
+        limits = raw["limits"]
+        return cls(
+            model=env.get("CONVLENS_MODEL") or raw["model"],
+            workers=workers if workers == "cpu_count" else int(workers),
+            torch_threads=int(raw["torch_threads"]),
+            timeout_s=float(raw["timeout_s"]),
+            max_concurrency=int(raw["max_concurrency"]),
+            max_batch_size=int(raw["batching"]["max_batch_size"]),
+            max_latency_ms=int(raw["batching"]["max_latency_ms"]),
+            max_request_bytes=int(limits["max_request_bytes"]),
+            max_batch_images=int(limits["max_batch_images"]),
+            image_limits=ImageLimits(
+                max_bytes=int(limits["max_image_bytes"]),
+                max_pixels=int(limits["max_image_pixels"]),
+            ),
+        )
+
+
+CONFIG = ServingConfig.load()
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    net: ConvNet
+    tag: str
+    name: str
+    version: str
+    run_id: str
+    test_accuracy: float | None
+    weights_sha256: str
+
+
+def load_model(folder: Path, labels: dict[str, str], tag: str) -> LoadedModel:
+    """Rebuild the network from a stored model's weights and architecture, refusing weights
+    that are not the registered ones (`convlens.weights.WeightsMismatch`).
+
+    The expected digest is the registered version's `weights_sha256`, copied into the model's
+    labels by `make package`, so a file changed after registration never serves.
+    """
+    expected = labels.get("weights_sha256")
+    if not expected:
+        raise RuntimeError(f"{tag} has no weights_sha256 label: package it with `make package`")
+    net = load_weights(folder, expected_sha256=expected)
+    accuracy = labels.get("test_acc")
+    return LoadedModel(
+        net=net.to(memory_format=torch.channels_last),
+        tag=tag,
+        name=labels.get("mlflow_model", tag.split(":")[0]),
+        version=labels.get("mlflow_version", ""),
+        run_id=labels.get("mlflow_run_id", ""),
+        test_accuracy=float(accuracy) if accuracy else None,
+        weights_sha256=expected,
+    )
+
+
+def limit_torch_threads(threads: int) -> None:
+    """One intra-op thread per worker: parallelism comes from workers, not from threads that
+    would oversubscribe the cores the workers share."""
+    torch.set_num_threads(threads)
+    # Only settable before the first inter-op parallel work; if that happened, keep it.
+    with suppress(RuntimeError):
+        torch.set_num_interop_threads(threads)
+
+
+# --- client errors ---------------------------------------------------------------------------
+
+
+class ClientError(BentoMLException):
+    """A request the service cannot answer; BentoML replies with `error_code` (400 default)."""
+
+    error_code = HTTPStatus.BAD_REQUEST
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """Turn the library's input errors into `ClientError`s with their HTTP status."""
+    try:
+        yield
+    except ImageTooLarge as error:
+        raise ClientError(str(error), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except ImageError as error:
+        raise ClientError(str(error)) from None
+    except NoDigitError as error:
+        raise ClientError(str(error), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from None
+
+
+def error_message(payload: Any) -> str:
+    """The message of one of BentoML 1.4's error bodies, whatever its shape.
+
+    BentoML answers a 4xx `BentoMLException` with `[{"error": ...}]` (a list) and a pydantic
+    validation failure with `{"error": "1 validation error for Input", "detail": [...]}`, where
+    only `detail` says what was wrong.
+    """
+    if isinstance(payload, list) and len(payload) == 1:
+        payload = payload[0]
+    if isinstance(payload, dict):
+        detail = payload.get("detail")
+        if isinstance(detail, list) and detail:
+            return "; ".join(_validation_message(item) for item in detail)
+        if "error" in payload:
+            return str(payload["error"])
+    return str(payload)
+
+
+def _validation_message(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+    location = ".".join(str(part) for part in item.get("loc", ()))
+    return f"{location}: {message}" if location else message
+
+
+class JSONErrors:
+    """ASGI middleware: every error answer of an API route has the body {"error": "..."}.
+
+    It also refuses request bodies over `max_body_bytes` with 413 before BentoML reads them:
+    from Content-Length when there is one, else by counting the bytes as they arrive.
+    """
+
+    def __init__(self, app: Any, routes: Collection[str], max_body_bytes: int):
+        self.app = app
+        self.routes = set(routes)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            await _drain(receive)
+            await _send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(length))
+            return
+        state = {"received": 0, "too_large": False, "start": None, "chunks": []}
+
+        async def counting_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body_bytes:
+                    state["too_large"] = True
+                    return {"type": "http.disconnect"}  # BentoML stops reading the body
+            return message
+
+        async def rewriting_send(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                state["start"] = message
+            elif message["type"] == "http.response.body" and state["start"] is not None:
+                state["chunks"].append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._send_rewritten(send, state)
+            else:
+                await send(message)
+
+        await self.app(scope, counting_receive, rewriting_send)
+
+    async def _send_rewritten(self, send: Any, state: dict) -> None:
+        if state["too_large"]:
+            status, message = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(None)
+        else:
+            status = state["start"]["status"]
+            body = b"".join(state["chunks"])
+            try:
+                message = error_message(json.loads(body))
+            except ValueError:
+                message = body.decode("utf-8", "replace").strip() or HTTPStatus(status).phrase
+        headers = [
+            (key, value)
+            for key, value in state["start"].get("headers", [])
+            if key.lower() not in (b"content-length", b"content-type")
+        ]
+        await _send_error(send, status, message, headers)
+
+    def _too_large(self, length: int | None) -> str:
+        size = f"{length:,} bytes" if length is not None else "too large"
+        return f"the request body is {size}; the limit is {self.max_body_bytes:,} bytes"
+
+
+def _content_length(scope: dict) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _drain(receive: Any) -> None:
+    """Read and drop the body, so a client still sending it gets the answer, not a reset."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def _send_error(
+    send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        *(headers or []),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": int(status), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def is_client_error(error: BaseException | None) -> bool:
+    """Bad input, a 4xx BentoML error, or a client that went away mid-request."""
+    if isinstance(error, pydantic.ValidationError | ClientDisconnect):
+        return True
+    return isinstance(error, BentoMLException) and error.error_code < 500
+
+
+class QuietClientErrors(logging.Filter):
+    """BentoML logs every exception an API raises at ERROR with a traceback; a client's bad
+    input is not a server fault, so it becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if is_client_error(error):
+            record.msg = f"{record.getMessage()}: client error: {error}".replace("\n", " ")
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+
+
+class UploadsOnly(MultipartSerde):
+    """BentoML's form parsing, minus two ways a malformed form became a 500.
+
+    BentoML 1.4 treats a file field sent as text (`curl -F image=digit.png`, without the @)
+    as a URL and fetches it from the server, which is a request on the client's behalf to
+    wherever it points, and fails with a 500 here; and it JSON-decodes a text field sent as a
+    file, which fails with a 500 on binary content. Both are refused as 400s instead.
+    """
+
+    @staticmethod
+    async def ensure_file(obj: str | UploadFile) -> UploadFile:
+        if isinstance(obj, UploadFile):
+            return obj
+        raise ClientError(
+            "image must be uploaded as a file (multipart/form-data), not sent as text or a URL"
+        )
+
+    async def parse_request(self, request: Any, cls: Any) -> Any:
+        form = await request.form()  # Starlette caches it for the parse below
+        for key, value in form.multi_items():
+            if key not in cls.multipart_fields and isinstance(value, UploadFile):
+                raise ClientError(f"{key} must be a text field, not a file")
+        return await super().parse_request(request, cls)
+
+
+for _media_type, _serde in list(ALL_SERDE.items()):
+    if _serde is MultipartSerde:
+        ALL_SERDE[_media_type] = UploadsOnly
+
+
+# --- request and response shapes -------------------------------------------------------------
+
+
+def _checked_batch(images: Any) -> np.ndarray:
+    """One request's images (nested lists from JSON), checked and converted before adaptive
+    batching merges requests: a bad request must fail alone, and the merged array needs one
+    dtype and shape. Runs before BentoML's own array conversion, which then keeps the result."""
+    try:
+        return batch_from_array(images, CONFIG.max_batch_images)
+    except ImageError as error:  # pydantic reports ValueError as a validation error (400)
+        raise ValueError(str(error)) from None
+
+
+ImageArray = Annotated[np.ndarray, BeforeValidator(_checked_batch)]
+Format = Literal["png", "json"]
+PNG = Annotated[Path, bentoml.validators.ContentType("image/png")]  # documents a PNG answer
+KernelName = Literal[tuple(KERNELS)]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    label: int
+    probabilities: list[float]
+
+
+class ImagePrediction(Prediction):
+    model: ModelRef
+
+
+class FeatureMaps(BaseModel):
+    layer: str
+    shape: list[int]
+    label: int
+    activations: list[list[list[float]]]
+
+
+class Filters(BaseModel):
+    layer: str
+    shape: list[int]
+    weights: list[list[list[list[float]]]]
+
+
+class Step(BaseModel):
+    shape: list[int]
+    min: float
+    max: float
+    values: list[list[float]]
+    png: str
+
+
+class BuildingBlocks(BaseModel):
+    kernel: str
+    weights: list[list[float]]
+    steps: dict[str, Step]
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_response(image: Image.Image, headers: dict[str, str] | None = None) -> Response:
+    return Response(png_bytes(image), media_type="image/png", headers=headers)
+
+
+def step(values: np.ndarray) -> Step:
+    """One stage of the hand-made conv block, with a gray picture min-max scaled like the
+    filter grids (flat arrays become mid-gray)."""
+    picture = grid(values[None], 1, cmap=None, per_tile=True, min_tile_px=0, pad=0)
+    encoded = base64.b64encode(png_bytes(picture)).decode("ascii")
+    return Step(
+        shape=list(values.shape),
+        min=float(values.min()),
+        max=float(values.max()),
+        values=values.tolist(),
+        png=f"data:image/png;base64,{encoded}",
+    )
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+@bentoml.asgi_app(ui_app, path="/ui")
+@bentoml.service(
+    name="convlens",
+    description=(
+        "Classify handwritten digits with the registered champion CNN, and see its filters "
+        'and feature maps. Errors: a 4xx status with the JSON body {"error": "..."} '
+        "(400 bad input, 413 over a size limit, 422 no digit in the image). The web page is "
+        "at /ui/."
+    ),
+    workers=CONFIG.workers,
+    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+)
+class ConvLens:
+    """Classify handwritten digits and show what the CNN computes on them."""
+
+    bento_model = bentoml.models.BentoModel(CONFIG.model)
+
+    def __init__(self) -> None:
+        limit_torch_threads(CONFIG.torch_threads)
+        stored = self.bento_model
+        self.model = load_model(Path(stored.path), stored.info.labels, str(stored.tag))
+        self.net = self.model.net
+        self.limits = CONFIG.image_limits
+        self._forward(torch.zeros(1, *INPUT_SHAPE))  # warm up before the first request
+
+    # helpers
+
+    @torch.inference_mode()
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for uint8 or [0, 1] float images, (N, 28, 28) or (N, 1, 28, 28)."""
+        x = normalize(images).contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.net(x), dim=1)
+
+    def _digit(self, image: Path) -> np.ndarray:
+        """The upload as the 28x28 uint8 digit the model sees (`to_mnist` does the work)."""
+        with client_errors():
+            return to_mnist(read_image(image, self.limits))
+
+    def _check_layer(self, layer: str, allowed: list[str], what: str) -> None:
+        if layer not in allowed:
+            raise ClientError(f"unknown {what} layer {layer!r}: choose one of {', '.join(allowed)}")
+
+    def _ref(self) -> ModelRef:
+        return ModelRef(name=self.model.name, version=self.model.version)
+
+    # endpoints
+
+    @bentoml.api
+    def predict(self, image: Path) -> ImagePrediction:
+        """Classify one uploaded digit (PNG, JPEG, BMP, GIF or WebP; any size; L, RGB, RGBA or P).
+
+        Light or dark background, centred or not: it is made to look like MNIST first.
+        """
+        digit = torch.from_numpy(self._digit(image))[None]
+        probabilities = self._forward(digit)[0]
+        return ImagePrediction(
+            label=int(probabilities.argmax()),
+            probabilities=probabilities.tolist(),
+            model=self._ref(),
+        )
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=CONFIG.max_batch_size,
+        max_latency_ms=CONFIG.max_latency_ms,
+    )
+    def predict_batch(self, images: ImageArray) -> list[Prediction]:
+        """Classify digits already in MNIST form: {"images": [...]} shaped (N, 28, 28) or
+        (N, 1, 28, 28), integers 0-255 or floats 0-1. One prediction per image, in order.
+
+        Concurrent requests are batched into one forward pass (adaptive batching).
+        """
+        probabilities = self._forward(torch.from_numpy(images))
+        return [
+            Prediction(label=int(row.argmax()), probabilities=row.tolist()) for row in probabilities
+        ]
+
+    @bentoml.api
+    def feature_maps(self, image: Path, layer: str, format: Format = "png") -> FeatureMaps:
+        """What a conv or pooling layer outputs for the uploaded digit: a PNG grid of all
+        channels (predicted label in the X-Predicted-Label header), or the activations as JSON."""
+        self._check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
+        x = torch.from_numpy(self._digit(image))[None]
+        last = self.net.layer_names[-1]
+        with torch.inference_mode():
+            x = normalize(x).contiguous(memory_format=torch.channels_last)
+            outputs = activations(self.net, x, [layer, last])
+        maps = outputs[layer][0].contiguous().numpy()
+        label = int(outputs[last][0].argmax())
+        if format == "png":
+            return png_response(feature_map_grid(maps), {"X-Predicted-Label": str(label)})
+        return FeatureMaps(
+            layer=layer, shape=list(maps.shape), label=label, activations=maps.tolist()
+        )
+
+    @bentoml.api
+    def filters(self, layer: str, format: Format = "png") -> Filters:
+        """The learned kernels of a conv layer: a PNG grid, or the weights as JSON."""
+        self._check_layer(layer, self.net.conv_layer_names(), "conv")
+        weights = getattr(self.net, layer).weight.detach().contiguous().numpy()
+        if format == "png":
+            return png_response(filter_grid(weights))
+        return Filters(layer=layer, shape=list(weights.shape), weights=weights.tolist())
+
+    @bentoml.api
+    def preprocessed(self, image: Path) -> PNG:
+        """The 28x28 grayscale PNG the model sees for the uploaded image."""
+        return png_response(Image.fromarray(self._digit(image)))
+
+    @bentoml.api
+    def building_blocks(self, image: Path, kernel: KernelName) -> BuildingBlocks:
+        """The tutorial's conv block by hand on the uploaded digit: convolve with a classic
+        kernel, ReLU, 2x2 max pooling; each stage as values and as a PNG data URL."""
+        digit = self._digit(image).astype(np.float32) / 255
+        weights = KERNELS[kernel]
+        convolved = convolve2d(digit, weights)
+        rectified = relu(convolved)
+        return BuildingBlocks(
+            kernel=kernel,
+            weights=weights.tolist(),
+            steps={
+                "input": step(digit),
+                "conv": step(convolved),
+                "relu": step(rectified),
+                "pool": step(max_pool(rectified)),
+            },
+        )
+
+    @bentoml.api
+    def model_info(self) -> dict[str, Any]:
+        """Which model is serving (registry name, version, run, test accuracy), its layers with
+        output shapes and parameter counts, and what the endpoints accept."""
+        layers = describe(self.net)
+        return {
+            "name": self.model.name,
+            "version": self.model.version,
+            "run_id": self.model.run_id,
+            "test_accuracy": self.model.test_accuracy,
+            "bento_model": self.model.tag,
+            "weights_sha256": self.model.weights_sha256,
+            "parameters": sum(row["parameters"] for row in layers),
+            "layers": layers,
+            "feature_map_layers": self.net.spatial_layer_names(),
+            "filter_layers": self.net.conv_layer_names(),
+            "kernels": list(KERNELS),
+            "input": {
+                "shape": list(self.net.architecture["input_shape"]),
+                "image": {
+                    "formats": list(FORMATS),
+                    "modes": list(MODES),
+                    "max_bytes": self.limits.max_bytes,
+                    "max_pixels": self.limits.max_pixels,
+                },
+                "array": {
+                    "shapes": ["(N, 28, 28)", "(N, 1, 28, 28)"],
+                    "values": "integers 0-255 or floats 0-1",
+                    "max_images": CONFIG.max_batch_images,
+                },
+                "max_request_bytes": CONFIG.max_request_bytes,
+            },
+        }
+
+
+ConvLens.add_asgi_middleware(
+    JSONErrors,
+    routes=[method.route for method in ConvLens.apis.values()],
+    max_body_bytes=CONFIG.max_request_bytes,
+)

@@ -1,0 +1,149 @@
+"""`make package`: the registry's champion into the BentoML store, and a serving-only Bento."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import subprocess
+import sys
+
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import MODEL_NAME, REPO
+from tests.serving_fixtures import bentoml_env, run_package
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+SERVING_MODULES = {
+    "serving/__init__.py",
+    "serving/service.py",
+    "serving/ui_app.py",
+    "convlens/__init__.py",
+    "convlens/preprocessing.py",
+    "convlens/model.py",
+    "convlens/visuals.py",
+    "convlens/kernels.py",
+    "convlens/images.py",
+    "convlens/weights.py",
+}
+TRAINING_LIBRARIES = (
+    "pytorch_lightning",
+    "lightning",
+    "hydra",
+    "omegaconf",
+    "mlflow",
+    "torchvision",
+)
+
+
+def test_package_imports_the_champion_with_its_registry_labels(packaged, trained):
+    version = MlflowClient(trained.tracking_uri).get_model_version(MODEL_NAME, trained.version)
+    labels = packaged.model_labels
+    assert labels["mlflow_model"] == MODEL_NAME
+    assert labels["mlflow_version"] == str(trained.version)
+    assert labels["mlflow_run_id"] == trained.run_id
+    assert labels["test_acc"] == version.tags["test_acc"]
+    assert labels["weights_sha256"] == version.tags["weights_sha256"]
+
+
+def test_package_records_architecture_and_source_as_metadata(packaged, trained):
+    metadata = yaml.safe_load((packaged.model_dir / "model.yaml").read_text())["metadata"]
+    assert metadata["source"] == f"models:/{MODEL_NAME}/{trained.version}"
+    assert [layer["name"] for layer in metadata["architecture"]["layers"]][:2] == ["conv1", "pool1"]
+    assert metadata["test_accuracy"] == float(packaged.model_labels["test_acc"])
+
+
+def test_package_copies_only_safetensors_weights_and_architecture(packaged):
+    files = {path.name for path in packaged.model_dir.iterdir()}
+    assert files == {"model.yaml", "model.safetensors", "architecture.json"}
+    digest = hashlib.sha256((packaged.model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == packaged.model_labels["weights_sha256"]
+
+
+def test_package_again_says_so_and_does_not_duplicate_the_model(packaged, trained):
+    result = run_package(trained, packaged.bentoml_home, "--no-build")
+    assert result.returncode == 0, result.stderr
+    assert f"{packaged.model_tag}: already in" in result.stdout
+    versions = [p for p in (packaged.model_dir.parent).iterdir() if p.name != "latest"]
+    assert versions == [packaged.model_dir]
+
+
+def test_package_if_empty_skips_a_store_that_has_a_model(packaged, trained):
+    result = run_package(trained, packaged.bentoml_home, "--if-empty", "--no-build")
+    assert result.returncode == 0, result.stderr
+    assert "already holds" in result.stdout
+
+
+def test_package_if_empty_imports_into_an_empty_store(trained, tmp_path):
+    """What `make serve` runs first on a fresh clone."""
+    home = tmp_path / "bentoml"
+    result = run_package(trained, home, "--if-empty", "--no-build")
+    assert result.returncode == 0, result.stderr
+    assert "imported into" in result.stdout
+    assert not (home / "bentos").exists() or not any((home / "bentos").iterdir())
+
+
+def test_package_without_a_store_tells_to_train_first(trained, tmp_path):
+    missing = f"sqlite:///{tmp_path}/none.db"
+    result = run_package(trained, tmp_path / "bentoml", tracking_uri=missing)
+    assert result.returncode == 2
+    assert "make train" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_bento_pins_the_packaged_model_and_its_registry_version(packaged, trained):
+    bento = yaml.safe_load((packaged.bento_dir / "bento.yaml").read_text())
+    assert [m["tag"] for m in bento["services"][0]["models"]] == [packaged.model_tag]
+    assert bento["labels"]["mlflow_version"] == str(trained.version)
+    assert bento["labels"]["mlflow_run_id"] == trained.run_id
+
+
+def test_bento_holds_only_the_serving_code(packaged):
+    src = packaged.bento_dir / "src"
+    modules = {str(p.relative_to(src)) for p in src.rglob("*.py")}
+    assert modules == SERVING_MODULES
+    for module in modules:
+        text = (src / module).read_text()
+        for library in TRAINING_LIBRARIES:
+            assert not re.search(rf"^\s*(import|from) {library}\b", text, re.M), (module, library)
+
+
+def test_bento_requirements_leave_out_training_dependencies(packaged):
+    requirements = (packaged.bento_dir / "env" / "python" / "requirements.txt").read_text()
+    names = {
+        re.split(r"[=<>\[ ]", line)[0].lower()
+        for line in requirements.splitlines()
+        if line and not line.startswith(("#", "-"))
+    }
+    assert {"torch", "numpy", "pillow", "safetensors", "bentoml"} <= names
+    assert not names & {"pytorch-lightning", "lightning", "hydra-core", "mlflow", "torchvision"}
+
+
+def test_bentofile_pins_the_versions_the_tests_run_with():
+    packages = yaml.safe_load((REPO / "serving" / "bentofile.yaml").read_text())["python"][
+        "packages"
+    ]
+    for requirement in packages:
+        name, pinned = requirement.split("==")
+        installed = importlib.metadata.version(name).split("+")[0]
+        assert pinned == installed, f"{name}: bentofile pins {pinned}, tests run {installed}"
+
+
+def test_serving_imports_no_training_library(tmp_path):
+    """What the Bento leaves out must not be needed: import the service in a fresh process."""
+    code = (
+        "import sys, serving.service; "
+        f"print([m for m in {TRAINING_LIBRARIES!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=bentoml_env(tmp_path / "bentoml"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
