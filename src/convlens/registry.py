@@ -33,8 +33,9 @@ def register(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
-    return version
+    # A tracking server only accepts a `models:/<model_id>` source together with its model_id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    return client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
 
 def champion(client: MlflowClient, name: str) -> ModelVersion | None:
