@@ -29,8 +29,8 @@ def mnist_root() -> Path:
     return root
 
 
-def run_train(workdir: Path, *overrides: str, env: dict | None = None, timeout: float = 600):
-    """Run `python -m pipelines.train` in `workdir`, where its store and outputs land."""
+def train_env(env: dict | None = None) -> dict:
+    """The environment of a training subprocess: this repo, the MNIST files, the local store."""
     full_env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -38,14 +38,30 @@ def run_train(workdir: Path, *overrides: str, env: dict | None = None, timeout: 
         "PYTHONUNBUFFERED": "1",
     }
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    full_env.update(env or {})
+    return {**full_env, **(env or {})}
+
+
+def run_train(workdir: Path, *overrides: str, env: dict | None = None, timeout: float = 600):
+    """Run `python -m pipelines.train` in `workdir`, where its store and outputs land."""
     return subprocess.run(
         [sys.executable, "-m", "pipelines.train", *overrides],
         cwd=workdir,
-        env=full_env,
+        env=train_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def spawn_train(workdir: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    """Start training in the background, its output in `workdir/train.log`, to interrupt it."""
+    log = open(workdir / "train.log", "w")  # noqa: SIM115 - the process outlives this call
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", *overrides],
+        cwd=workdir,
+        env=train_env(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,22 +11,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, mnist_dir, run_train
+from tests.conftest import run_train, spawn_train
 
 # 125 steps an epoch: long enough to interrupt, short enough for CI.
 ARGS = ["experiment=smoke", "trainer.max_epochs=3", "data.subset=8000", "registry.enabled=false"]
-
-
-def start_training(workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CONVLENS_DATA_DIR": str(mnist_dir())}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train", *ARGS],
-        cwd=workdir,
-        env=env,
-        stdout=open(workdir / "first.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def wait_for_first_epoch(workdir: Path, process: subprocess.Popen) -> Path:
@@ -38,7 +24,7 @@ def wait_for_first_epoch(workdir: Path, process: subprocess.Popen) -> Path:
         found = list(workdir.glob("outputs/*/*/checkpoints/epoch00-*.ckpt"))
         if found:
             return found[0].parent
-        assert process.poll() is None, (workdir / "first.log").read_text()[-3000:]
+        assert process.poll() is None, (workdir / "train.log").read_text()[-3000:]
         time.sleep(0.1)
     process.kill()
     pytest.fail("epoch 1 was not checkpointed within 300 s")
@@ -53,16 +39,17 @@ def only_run(workdir: Path):
 
 def interrupted_then_resumed(tmp_path_factory, sig: int):
     workdir = tmp_path_factory.mktemp(f"signal{sig}")
-    process = start_training(workdir)
+    process = spawn_train(workdir, *ARGS)
     checkpoints = wait_for_first_epoch(workdir, process)
     if sig == signal.SIGTERM:
         time.sleep(1.0)  # well into epoch 2
     process.send_signal(sig)
     first_rc = process.wait(timeout=120)
+    first_log = (workdir / "train.log").read_text()
     stopped_at = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     resumed = run_train(workdir, *ARGS, "resume=latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return workdir, first_rc, stopped_at["global_step"], (workdir / "first.log").read_text()
+    return workdir, first_rc, stopped_at["global_step"], first_log
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import MODEL_NAME, REPO, mnist_dir, run_train
+from tests.conftest import MODEL_NAME, REPO, run_train, spawn_train
 from tests.mlflow_server import MlflowServer, free_port
 
 OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "120"))
@@ -27,19 +27,8 @@ ARGS = [
 
 
 def start_training(workdir: Path, uri: str, max_time: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "CONVLENS_DATA_DIR": str(mnist_dir()),
-        "MLFLOW_TRACKING_URI": uri,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train", *ARGS, f"trainer.max_time={max_time}"],
-        cwd=workdir,
-        env=env,
-        stdout=open(workdir / "train.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    overrides = [*ARGS, f"trainer.max_time={max_time}"]
+    return spawn_train(workdir, *overrides, env={"MLFLOW_TRACKING_URI": uri})
 
 
 def wait_for_first_epoch(workdir: Path, process: subprocess.Popen) -> None:
