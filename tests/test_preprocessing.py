@@ -62,6 +62,13 @@ def test_to_mnist_keeps_an_mnist_digit_nearly_unchanged(mnist_root):
     assert np.abs(out - digit).mean() < 12
 
 
+def test_specks_that_vanish_when_scaled_down_are_no_digit():
+    image = np.zeros((4000, 4000), dtype=np.uint8)
+    image[0, 0] = image[-1, -1] = 255
+    with pytest.raises(NoDigitError):
+        to_mnist(Image.fromarray(image))
+
+
 def test_blank_image_has_no_digit():
     with pytest.raises(NoDigitError):
         to_mnist(Image.new("L", (50, 50), 255))

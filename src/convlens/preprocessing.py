@@ -72,6 +72,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     digit = np.asarray(resized, dtype=np.float32)
 
     total = digit.sum()
+    if total == 0:  # specks so small or far apart that nothing survives the resize
+        raise NoDigitError("the image has no digit: its marks vanish at 20 px")
     ys, xs = np.indices(digit.shape)
     cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
     top = int(np.clip(round(IMAGE_SIZE / 2 - cy - 0.5), 0, IMAGE_SIZE - digit.shape[0]))
