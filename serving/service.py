@@ -4,21 +4,28 @@
 
 The model comes from the BentoML model store (`make package` imports the MLflow champion
 there): an architecture JSON and safetensors weights, rebuilt as a plain `ConvNet` after
-checking the weights' sha256 against the registered one. Nothing is unpickled.
+checking the weights' sha256 against the registered one. Nothing is unpickled. Without a
+usable model (none in the store, weights that fail the check) the service still starts, and
+`/readyz` and every API answer 503 with the reason, so the failure is visible from outside.
 
-Every client error is answered with a 4xx status and the body {"error": "<what was wrong>"}:
-400 bad input, 413 over a size limit, 422 an image with no digit in it. `JSONErrors` below
-keeps BentoML's own validation errors in that shape too. Settings live in `config.yaml`.
+Every error is answered with the body {"error": "<what was wrong>"}: 400 bad input, 413 over a
+size limit, 415 an unsupported format, 422 an image with no digit in it, 429 too many requests
+in flight, 503 no usable model or overloaded. `JSONErrors` below keeps BentoML's own errors in
+that shape too, enforces the body limit before the body is read, and serves the OpenAPI
+document with those answers described (`openapi_document`). Settings live in `config.yaml`.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import io
 import json
 import logging
 import os
-from collections.abc import Collection, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -35,6 +42,7 @@ from bentoml.exceptions import BentoMLException
 from PIL import Image
 from pydantic import BaseModel, BeforeValidator
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -44,6 +52,7 @@ from convlens.images import (
     ImageError,
     ImageLimits,
     ImageTooLarge,
+    UnsupportedFormat,
     batch_from_array,
     read_image,
 )
@@ -51,10 +60,14 @@ from convlens.kernels import KERNELS, convolve2d, max_pool, relu
 from convlens.model import ConvNet, activations, describe
 from convlens.preprocessing import INPUT_SHAPE, NoDigitError, normalize, to_mnist
 from convlens.visuals import feature_map_grid, filter_grid, grid
-from convlens.weights import load_weights
+from convlens.weights import WeightsMismatch, load_weights
 from serving.ui_app import ui_app
 
 CONFIG_FILE = Path(__file__).with_name("config.yaml")
+logger = logging.getLogger("convlens.serving")
+# Pillow warns above 89 Mpx; `convlens.images` refuses anything over the configured limit from
+# the header already, so the warning would only add noise to the log.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -63,15 +76,22 @@ CONFIG_FILE = Path(__file__).with_name("config.yaml")
 @dataclass(frozen=True)
 class ServingConfig:
     model: str
-    workers: int | Literal["cpu_count"]
+    workers: int
+    threads: int
     torch_threads: int
     timeout_s: float
-    max_concurrency: int
+    max_in_flight_per_thread: int
     max_batch_size: int
     max_latency_ms: int
     max_request_bytes: int
     max_batch_images: int
     image_limits: ImageLimits
+
+    @property
+    def max_concurrency(self) -> int:
+        """Requests in flight (running or waiting) in the whole service; BentoML gives each
+        worker its share, threads x max_in_flight_per_thread, and answers 429 beyond it."""
+        return self.workers * self.threads * self.max_in_flight_per_thread
 
     @classmethod
     def load(cls, path: Path = CONFIG_FILE, env: Mapping[str, str] | None = None) -> ServingConfig:
@@ -82,10 +102,11 @@ class ServingConfig:
         limits = raw["limits"]
         return cls(
             model=env.get("CONVLENS_MODEL") or raw["model"],
-            workers=workers if workers == "cpu_count" else int(workers),
+            workers=cpu_count() if workers == "cpu_count" else int(workers),
+            threads=int(raw["threads"]),
             torch_threads=int(raw["torch_threads"]),
             timeout_s=float(raw["timeout_s"]),
-            max_concurrency=int(raw["max_concurrency"]),
+            max_in_flight_per_thread=int(raw["max_in_flight_per_thread"]),
             max_batch_size=int(raw["batching"]["max_batch_size"]),
             max_latency_ms=int(raw["batching"]["max_latency_ms"]),
             max_request_bytes=int(limits["max_request_bytes"]),
@@ -95,6 +116,13 @@ class ServingConfig:
                 max_pixels=int(limits["max_image_pixels"]),
             ),
         )
+
+
+def cpu_count() -> int:
+    """The CPUs BentoML would start `cpu_count` workers for (container limits respected)."""
+    from bentoml._internal.resource import system_resources
+
+    return max(1, int(system_resources()["cpu"]))
 
 
 CONFIG = ServingConfig.load()
@@ -137,6 +165,76 @@ def load_model(folder: Path, labels: dict[str, str], tag: str) -> LoadedModel:
     )
 
 
+class ModelUnavailable(RuntimeError):
+    """No usable model; the message is safe to show to clients (no paths, no digests)."""
+
+
+class ModelStatus:
+    """This worker's model, or why it has none. One per process, shared by the service
+    instance and the middleware; set once, when the service starts."""
+
+    def __init__(self) -> None:
+        self.model: LoadedModel | None = None
+        self.problem: str | None = "the model is still loading"
+
+    def loaded(self, model: LoadedModel) -> None:
+        self.model, self.problem = model, None
+
+    def failed(self, problem: str) -> None:
+        self.model, self.problem = None, problem
+
+    @property
+    def error(self) -> str:
+        return f"no usable model: {self.problem}"
+
+
+MODEL_STATUS = ModelStatus()
+
+
+def declared_model(tag: str) -> bentoml.models.BentoModel | None:
+    """The model for BentoML to record in the Bento: declared only when the store has it.
+
+    `bentoml serve` resolves every declared model before it starts a worker, and without a
+    local copy it would try BentoCloud and exit; undeclared, the service starts and reports
+    what is missing (`open_model`).
+    """
+    try:
+        reference = bentoml.models.BentoModel(tag)
+        return reference if reference.stored is not None else None
+    except Exception:  # an invalid tag: open_model says so
+        return None
+
+
+def open_model(tag: str) -> LoadedModel:
+    """The model `tag` from the BentoML store, checked; `ModelUnavailable` says why not."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        raise ModelUnavailable(
+            f"{tag} is not in the BentoML model store: import one with `make package`"
+        ) from None
+    except Exception as error:
+        logger.exception("cannot read %s from the BentoML model store", tag)
+        raise ModelUnavailable(
+            f"{tag} cannot be read from the BentoML model store: {error}"
+        ) from None
+    try:
+        return load_model(Path(stored.path), stored.info.labels, str(stored.tag))
+    except WeightsMismatch as error:
+        logger.error("refusing %s: %s", stored.tag, error)
+        raise ModelUnavailable(
+            f"the weights of {stored.tag} do not match the registered sha256 "
+            "(changed after registration, or corrupt): refusing to load them"
+        ) from None
+    except Exception as error:
+        logger.exception("cannot load %s", stored.tag)
+        raise ModelUnavailable(
+            f"{stored.tag} cannot be loaded ({type(error).__name__}): see the server log"
+        ) from None
+
+
 def limit_torch_threads(threads: int) -> None:
     """One intra-op thread per worker: parallelism comes from workers, not from threads that
     would oversubscribe the cores the workers share."""
@@ -162,6 +260,8 @@ def client_errors() -> Iterator[None]:
         yield
     except ImageTooLarge as error:
         raise ClientError(str(error), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except UnsupportedFormat as error:
+        raise ClientError(str(error), error_code=HTTPStatus.UNSUPPORTED_MEDIA_TYPE) from None
     except ImageError as error:
         raise ClientError(str(error)) from None
     except NoDigitError as error:
@@ -195,29 +295,59 @@ def _validation_message(item: Any) -> str:
 
 
 class JSONErrors:
-    """ASGI middleware: every error answer of an API route has the body {"error": "..."}.
+    """ASGI middleware, inside BentoML's concurrency limit: the service's answers before and
+    around BentoML's.
 
-    It also refuses request bodies over `max_body_bytes` with 413 before BentoML reads them:
-    from Content-Length when there is one, else by counting the bytes as they arrive.
+    - Every error answer of an API route has the body {"error": "..."}, BentoML's included.
+    - A request body over `max_body_bytes` is refused with 413 before it is read: at once from
+      Content-Length; without one (chunked), by counting the bytes as they arrive and ending
+      the body for BentoML at the limit. Nothing over the limit is buffered: uvicorn drops the
+      rest of a body the app did not read.
+    - Without a usable model, `/readyz` and every API route answer 503 with the reason, before
+      reading the request.
+    - `/docs.json` is the OpenAPI document with the answers above described (`openapi`).
     """
 
-    def __init__(self, app: Any, routes: Collection[str], max_body_bytes: int):
+    def __init__(
+        self,
+        app: Any,
+        routes: Collection[str],
+        max_body_bytes: int,
+        status: ModelStatus,
+        openapi: Callable[[], bytes],
+    ):
         self.app = app
         self.routes = set(routes)
         self.max_body_bytes = max_body_bytes
+        self.status = status
+        self.openapi = openapi
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.routes:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/docs.json" and scope["method"] in ("GET", "HEAD"):
+            await _send(send, HTTPStatus.OK, self.openapi())
+            return
+        if path == "/readyz" and self.status.problem is not None:
+            await _send_error(send, HTTPStatus.SERVICE_UNAVAILABLE, self.status.error)
+            return
+        if path not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        if self.status.problem is not None:
+            await _send_error(send, HTTPStatus.SERVICE_UNAVAILABLE, self.status.error)
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await _drain(receive)
             await _send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(length))
             return
         state = {"received": 0, "too_large": False, "start": None, "chunks": []}
 
         async def counting_receive() -> dict:
+            if state["too_large"]:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
@@ -241,10 +371,13 @@ class JSONErrors:
         await self.app(scope, counting_receive, rewriting_send)
 
     async def _send_rewritten(self, send: Any, state: dict) -> None:
+        status = state["start"]["status"]
         if state["too_large"]:
             status, message = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(None)
+        elif status == HTTPStatus.SERVICE_UNAVAILABLE:
+            # BentoML's 503s (adaptive batching's queue is full) say nothing specific.
+            message = self.status.error if self.status.problem else OVERLOADED
         else:
-            status = state["start"]["status"]
             body = b"".join(state["chunks"])
             try:
                 message = error_message(json.loads(body))
@@ -262,6 +395,9 @@ class JSONErrors:
         return f"the request body is {size}; the limit is {self.max_body_bytes:,} bytes"
 
 
+OVERLOADED = "the service is overloaded: retry in a moment"
+
+
 def _content_length(scope: dict) -> int | None:
     for key, value in scope.get("headers", []):
         if key == b"content-length":
@@ -272,18 +408,12 @@ def _content_length(scope: dict) -> int | None:
     return None
 
 
-async def _drain(receive: Any) -> None:
-    """Read and drop the body, so a client still sending it gets the answer, not a reset."""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-
-
-async def _send_error(
-    send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+async def _send(
+    send: Any,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = json.dumps({"error": message}).encode()
     headers = [
         *(headers or []),
         (b"content-type", b"application/json"),
@@ -291,6 +421,16 @@ async def _send_error(
     ]
     await send({"type": "http.response.start", "status": int(status), "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(
+    send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The one error shape; an overloaded 503 says when to retry."""
+    headers = list(headers or [])
+    if message == OVERLOADED:
+        headers.append((b"retry-after", b"1"))
+    await _send(send, status, json.dumps({"error": message}).encode(), headers)
 
 
 def is_client_error(error: BaseException | None) -> bool:
@@ -318,12 +458,13 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErro
 
 
 class UploadsOnly(MultipartSerde):
-    """BentoML's form parsing, minus two ways a malformed form became a 500.
+    """BentoML's form parsing, minus three ways a malformed form became a 500.
 
     BentoML 1.4 treats a file field sent as text (`curl -F image=digit.png`, without the @)
     as a URL and fetches it from the server, which is a request on the client's behalf to
-    wherever it points, and fails with a 500 here; and it JSON-decodes a text field sent as a
-    file, which fails with a 500 on binary content. Both are refused as 400s instead.
+    wherever it points, and fails with a 500 here; it JSON-decodes a text field sent as a
+    file, which fails with a 500 on binary content; and Starlette's 400 for malformed
+    multipart data reaches BentoML as an unknown exception. All are refused as 400s instead.
     """
 
     @staticmethod
@@ -335,7 +476,12 @@ class UploadsOnly(MultipartSerde):
         )
 
     async def parse_request(self, request: Any, cls: Any) -> Any:
-        form = await request.form()  # Starlette caches it for the parse below
+        try:
+            form = await request.form()  # Starlette caches it for the parse below
+        except HTTPException as error:  # malformed multipart data: Starlette's 400
+            raise ClientError(
+                f"malformed form data: {error.detail}", error_code=HTTPStatus(error.status_code)
+            ) from None
         for key, value in form.multi_items():
             if key not in cls.multipart_fields and isinstance(value, UploadFile):
                 raise ClientError(f"{key} must be a text field, not a file")
@@ -434,6 +580,130 @@ def step(values: np.ndarray) -> Step:
     )
 
 
+# --- the OpenAPI document --------------------------------------------------------------------
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "what was wrong"}},
+    "additionalProperties": False,
+}
+ERROR_ANSWERS = {
+    400: "Bad input: not an image, empty, truncated or corrupt; a missing or malformed field; "
+    "an array of the wrong shape or type, NaN or infinity, values out of range.",
+    413: "Over a limit: request body, image file size, image pixels (read from the header "
+    "before decoding), images per batch request.",
+    415: "Unsupported format: an image or document that is not PNG, JPEG, BMP, GIF or WebP "
+    "(TIFF, PDF, SVG, ...), or a pickle body.",
+    422: "The image has no digit in it (blank, or no contrast).",
+    429: "Too many requests in flight: retry later.",
+    500: "Unexpected server error (a bug: see the server log).",
+    503: "No usable model (the message says why; /readyz answers 503 too), or overloaded "
+    "(with Retry-After).",
+    504: "Not answered within the configured timeout.",
+}
+DIGIT = {"type": "array", "minItems": 28, "maxItems": 28}
+DIGIT["items"] = {**DIGIT, "items": {"type": "number", "minimum": 0, "maximum": 255}}
+PREDICT_BATCH_IMAGES = {
+    "title": "Images",
+    "description": "(N, 28, 28) or (N, 1, 28, 28), 1 <= N <= the batch limit: integers 0-255 "
+    "or floats 0-1 (one kind per request), white digit on black like MNIST.",
+    "anyOf": [
+        {"type": "array", "minItems": 1, "maxItems": CONFIG.max_batch_images, "items": DIGIT},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": CONFIG.max_batch_images,
+            "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": DIGIT},
+        },
+    ],
+}
+PNG_ANSWER = {"schema": {"type": "string", "format": "binary"}}
+IMAGE_TYPES = ", ".join(f"image/{name.lower()}" for name in FORMATS)
+
+
+def _error_responses() -> dict[str, Any]:
+    reference = {"$ref": "#/components/schemas/Error"}
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": reference}},
+        }
+        for status, description in ERROR_ANSWERS.items()
+    }
+
+
+def _tighten_predictions(node: Any) -> None:
+    """Every prediction schema: a label 0-9 and ten probabilities in [0, 1]."""
+    if isinstance(node, dict):
+        properties = node.get("properties")
+        if isinstance(properties, dict) and {"label", "probabilities"} <= properties.keys():
+            properties["label"].update(minimum=0, maximum=9)
+            properties["probabilities"].update(minItems=10, maxItems=10)
+            properties["probabilities"]["items"].update(minimum=0, maximum=1)
+        for value in node.values():
+            _tighten_predictions(value)
+    elif isinstance(node, list):
+        for value in node:
+            _tighten_predictions(value)
+
+
+def openapi_document(spec: dict[str, Any], net: ConvNet | None = None) -> dict[str, Any]:
+    """BentoML's OpenAPI document, corrected to what the service really answers: the error
+    shape and statuses above instead of BentoML's (which this service never sends), the PNG
+    answers of /feature_maps and /filters, the image formats uploads take, the array shape
+    /predict_batch takes, the bounds of a prediction, and the layer names of `net`."""
+    spec = json.loads(json.dumps(spec))  # a plain copy, status codes as strings
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("InvalidArgument", "NotFound", "InternalServerError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = copy.deepcopy(ERROR_SCHEMA)
+    for path, item in spec["paths"].items():
+        operation = item.get("post")
+        if operation is None or "x-bentoml-name" not in operation:
+            continue
+        operation["responses"] = {"200": operation["responses"]["200"], **_error_responses()}
+        body = operation.get("requestBody", {}).get("content", {})
+        if any(media.get("schema", {}).get("required") for media in body.values()):
+            operation["requestBody"]["required"] = True
+        if path in ("/feature_maps", "/filters"):
+            operation["responses"]["200"]["content"]["image/png"] = copy.deepcopy(PNG_ANSWER)
+        if path == "/feature_maps":
+            operation["responses"]["200"]["headers"] = {
+                "X-Predicted-Label": {
+                    "description": "the predicted digit, with format=png",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 9},
+                }
+            }
+        if path == "/predict_batch":
+            body = operation["requestBody"]["content"]["application/json"]["schema"]
+            body["properties"]["images"] = copy.deepcopy(PREDICT_BATCH_IMAGES)
+            schemas.get("predict_batch__Input", {}).get("properties", {}).pop("images", None)
+        form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+        if form and "image" in form["schema"].get("properties", {}):
+            form.setdefault("encoding", {})["image"] = {"contentType": IMAGE_TYPES}
+        layers = {"/feature_maps": "spatial_layer_names", "/filters": "conv_layer_names"}
+        if net is not None and path in layers:
+            names = getattr(net, layers[path])()
+            for media in operation["requestBody"]["content"].values():
+                media["schema"]["properties"]["layer"]["enum"] = names
+    spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
+        "description": "Not ready: no usable model (the message says why).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    _tighten_predictions(spec)
+    return spec
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    """Built on first request: the model, whose layers it names, has loaded (or failed) by then."""
+    model = MODEL_STATUS.model
+    spec = openapi_document(ConvLens.openapi_spec.asdict(), model.net if model else None)
+    return json.dumps(spec).encode()
+
+
 # --- the service -----------------------------------------------------------------------------
 
 
@@ -442,33 +712,71 @@ def step(values: np.ndarray) -> Step:
     name="convlens",
     description=(
         "Classify handwritten digits with the registered champion CNN, and see its filters "
-        'and feature maps. Errors: a 4xx status with the JSON body {"error": "..."} '
-        "(400 bad input, 413 over a size limit, 422 no digit in the image). The web page is "
-        "at /ui/."
+        'and feature maps. Errors: the JSON body {"error": "..."} with 400 bad input, 413 over '
+        "a size limit, 415 unsupported format, 422 no digit in the image, 429 too many "
+        "requests in flight, 503 no usable model or overloaded. The web page is at /ui/."
     ),
     workers=CONFIG.workers,
+    threads=CONFIG.threads,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
 )
 class ConvLens:
     """Classify handwritten digits and show what the CNN computes on them."""
 
-    bento_model = bentoml.models.BentoModel(CONFIG.model)
+    # Recorded in the Bento by `make package`; None when the store lacks it (`declared_model`).
+    bento_model = declared_model(CONFIG.model)
 
     def __init__(self) -> None:
+        """Load the model, or record why there is none: the process starts either way and
+        answers 503 with the reason instead of exiting (a restart would not help)."""
         limit_torch_threads(CONFIG.torch_threads)
-        stored = self.bento_model
-        self.model = load_model(Path(stored.path), stored.info.labels, str(stored.tag))
-        self.net = self.model.net
         self.limits = CONFIG.image_limits
-        self._forward(torch.zeros(1, *INPUT_SHAPE))  # warm up before the first request
+        try:
+            model = open_model(CONFIG.model)
+            self._warm_up(model)
+        except ModelUnavailable as error:
+            MODEL_STATUS.failed(str(error))
+            logger.error("%s; /readyz and the API answer 503 until fixed", MODEL_STATUS.error)
+        else:
+            MODEL_STATUS.loaded(model)
+
+    @classmethod
+    def _warm_up(cls, model: LoadedModel) -> None:
+        """One forward pass before the first request; a model that fails it is unusable."""
+        try:
+            cls._forward_with(model.net, torch.zeros(1, *INPUT_SHAPE))
+        except Exception as error:
+            logger.exception("%s fails on a blank input", model.tag)
+            raise ModelUnavailable(
+                f"{model.tag} fails on a blank input ({type(error).__name__}): see the log"
+            ) from None
+
+    def __is_ready__(self) -> bool:
+        """BentoML's readiness hook (`/readyz`); `JSONErrors` answers with the reason first."""
+        return MODEL_STATUS.model is not None
 
     # helpers
 
-    @torch.inference_mode()
+    @property
+    def model(self) -> LoadedModel:
+        model = MODEL_STATUS.model
+        if model is None:  # `JSONErrors` answers before this; a 503 all the same
+            raise ClientError(MODEL_STATUS.error, error_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        return model
+
+    @property
+    def net(self) -> ConvNet:
+        return self.model.net
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for uint8 or [0, 1] float images, (N, 28, 28) or (N, 1, 28, 28)."""
+        return self._forward_with(self.net, images)
+
+    @staticmethod
+    @torch.inference_mode()
+    def _forward_with(net: ConvNet, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images).contiguous(memory_format=torch.channels_last)
-        return torch.softmax(self.net(x), dim=1)
+        return torch.softmax(net(x), dim=1)
 
     def _digit(self, image: Path) -> np.ndarray:
         """The upload as the 28x28 uint8 digit the model sees (`to_mnist` does the work)."""
@@ -597,6 +905,12 @@ class ConvLens:
                 },
                 "max_request_bytes": CONFIG.max_request_bytes,
             },
+            "traffic": {
+                "workers": CONFIG.workers,
+                "threads_per_worker": CONFIG.threads,
+                "max_concurrency": CONFIG.max_concurrency,
+                "timeout_s": CONFIG.timeout_s,
+            },
         }
 
 
@@ -604,4 +918,6 @@ ConvLens.add_asgi_middleware(
     JSONErrors,
     routes=[method.route for method in ConvLens.apis.values()],
     max_body_bytes=CONFIG.max_request_bytes,
+    status=MODEL_STATUS,
+    openapi=openapi_json,
 )

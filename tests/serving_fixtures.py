@@ -6,8 +6,9 @@ for the whole session. Use them from a test module with
 
     pytest_plugins = ["tests.serving_fixtures"]
 
-and ask for `served` (the base URL, e.g. http://127.0.0.1:41234), `served_server` (URL and
-log file) or `packaged` (the BentoML home and tags).
+and ask for `served` (the base URL, e.g. http://127.0.0.1:41234), `served_server` (URL, log
+file and process id) or `packaged` (the BentoML home and tags). `start_server` runs another,
+short-lived one (e.g. on a broken model store), and `worker_rss` reads its workers' memory.
 """
 
 from __future__ import annotations
@@ -59,6 +60,32 @@ class Packaged:
 class Server:
     url: str
     log: Path
+    pid: int = 0  # the `bentoml serve` process; its workers are its children
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The worker processes `bentoml serve` started (its children running the service)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == server_pid and b"_bentoml_impl.worker.service" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def worker_rss(server: Server) -> int:
+    """Resident memory of the server's workers together, in bytes (from /proc)."""
+    total = 0
+    for pid in worker_pids(server.pid):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    assert total > 0, f"no worker processes found under {server.pid}"
+    return total
 
 
 def bentoml_env(home: Path, **extra: str) -> dict[str, str]:
@@ -137,24 +164,49 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def served_server(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
-    """`bentoml serve` on the packaged model (one worker), stopped at the end of the session."""
+def start_server(home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, Server]:
+    """`bentoml serve` (one worker) on the BentoML home `home`, on a free local port; not
+    waited for: pair with `wait_until_ready` or `wait_until_answering`, and `stop`."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
-    env = bentoml_env(
-        packaged.bentoml_home, CONVLENS_MODEL=packaged.model_tag, CONVLENS_WORKERS="1"
-    )
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env=bentoml_env(home, CONVLENS_WORKERS="1", **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+    return process, Server(f"http://127.0.0.1:{port}", log, process.pid)
+
+
+def wait_until_answering(server: Server, process: subprocess.Popen) -> None:
+    """Until `/livez` answers: the workers are up, ready to serve or not."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"bentoml serve exited with {process.returncode}:\n{server.log.read_text()[-4000:]}"
+            )
+        try:
+            if httpx.get(f"{server.url}/livez", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"bentoml serve not up after {READY_TIMEOUT_S}s:\n{server.log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def served_server(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
+    """`bentoml serve` on the packaged model (one worker), stopped at the end of the session."""
+    log = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
+    process, server = start_server(packaged.bentoml_home, log, CONVLENS_MODEL=packaged.model_tag)
     try:
-        wait_until_ready(url, process, log)
-        yield Server(url, log)
+        wait_until_ready(server.url, process, log)
+        yield server
     finally:
         stop(process)
 

@@ -6,11 +6,16 @@ among them, are never reached), a byte limit checked before reading, a pixel lim
 from the header before any pixel is decoded (decompression bombs), and one exception type
 whose message tells the client what was wrong. Arrays sent as JSON get the same treatment:
 shape, dtype, range and finiteness are checked before anything reaches the model.
+
+Other formats never reach Pillow: a few well-known ones (TIFF, PDF, SVG, ...) are recognised
+from their first bytes, without parsing, only so that the client hears "unsupported format"
+(`UnsupportedFormat`, HTTP 415) rather than "not an image".
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,45 @@ class ImageTooLarge(ImageError):
     """The upload is over the byte or pixel limit."""
 
 
+class UnsupportedFormat(ImageError):
+    """The upload is a known image or document format that this service does not decode."""
+
+
+# (name, pattern matched at the start of the upload): recognised, never parsed.
+_OTHER_FORMATS = tuple(
+    (name, re.compile(pattern, re.DOTALL))
+    for name, pattern in (
+        ("TIFF", rb"II\*\x00|MM\x00\*|II\+\x00|MM\x00\+"),
+        ("PDF", rb"\s*%PDF-"),
+        ("PostScript", rb"%!PS|\xc5\xd0\xd3\xc6"),
+        # matched lower-cased: an optional BOM, XML declaration, comments, doctype, then <svg
+        (
+            "SVG",
+            rb"(\xef\xbb\xbf)?\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*"
+            rb"(<!doctype[^>]*>\s*)?<svg\b",
+        ),
+        ("ICO", rb"\x00\x00[\x01\x02]\x00[\x01-\xff]\x00"),
+        ("PSD", rb"8BPS"),
+        ("HEIF/AVIF", rb"....ftyp(heic|heix|hevc|heim|heis|mif1|msf1|avif|avis)"),
+        ("JPEG 2000", rb"\x00\x00\x00\x0cjP  \r\n|\xff\x4f\xff\x51"),
+        ("JPEG XL", rb"\xff\x0a|\x00\x00\x00\x0cJXL "),
+        ("QOI", rb"qoif"),
+        ("DDS", rb"DDS "),
+        ("OpenEXR", rb"v/1\x01"),
+        ("PBM/PGM/PPM", rb"P[1-7]\s"),
+    )
+)
+
+
+def sniff_unsupported(data: bytes) -> str | None:
+    """The name of the unsupported format `data` starts like, if it is a well-known one."""
+    head = data[:1024]
+    for name, pattern in _OTHER_FORMATS:
+        if pattern.match(head.lower() if name == "SVG" else head):
+            return name
+    return None
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 10 * 1024 * 1024
@@ -51,14 +95,14 @@ def read_image(path: Path, limits: ImageLimits) -> Image.Image:
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Bytes of a PNG, JPEG, BMP, GIF (first frame) or WebP file to a loaded PIL image.
 
-    Raises `ImageError` (or `ImageTooLarge`) with a client-facing message for empty,
-    oversized, unknown, truncated or corrupt input.
+    Raises `ImageError` (or its `ImageTooLarge`, `UnsupportedFormat`) with a client-facing
+    message for empty, oversized, unknown, unsupported, truncated or corrupt input.
     """
     if not data:
         raise ImageError("the image is empty: upload a PNG, JPEG, BMP, GIF or WebP file")
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
-    image = _open(data)
+    image = _open(data, limits)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageTooLarge(
@@ -73,13 +117,20 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     """Read only the header, with the decoders limited to `FORMATS`."""
     try:
         return Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as error:
-        raise ImageTooLarge(f"the image has too many pixels: {error}") from None
+    except Image.DecompressionBombError:  # Pillow's own, far higher limit
+        raise ImageTooLarge(
+            f"the image has too many pixels; the limit is {limits.max_pixels:,}"
+        ) from None
     except UnidentifiedImageError:
+        other = sniff_unsupported(data)
+        if other is not None:
+            raise UnsupportedFormat(
+                f"{other} is not supported: upload a PNG, JPEG, BMP, GIF or WebP file"
+            ) from None
         raise ImageError(
             f"the upload is not an image in a supported format ({', '.join(FORMATS)})"
         ) from None
