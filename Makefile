@@ -9,8 +9,15 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 UI_PORT ?= 5000
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+BENTOML_HOME ?= $(CURDIR)/bentoml
+MODEL ?=
+STORE ?= sqlite:///$(CURDIR)/mlflow.db
+ARTIFACTS ?= $(CURDIR)/mlartifacts
+COMPOSE ?= docker compose
+BENTOML_ENV = BENTOML_HOME="$(BENTOML_HOME)" BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)"
 
-.PHONY: help install train ui test lint format clean
+.PHONY: help install train ui test lint format clean package serve containerize
+.PHONY: release evaluate register sweep server up up-train down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,11 +29,70 @@ install: ## install uv if missing, then the locked dependencies (uv sync --froze
 train: install ## train, log to MLflow, register; overrides via ARGS="optimizer.lr=1e-3 ..."
 	$(RUN) python -m pipelines.train $(ARGS)
 
+release: install ## train -> evaluate -> register -> promote if better -> package; ARGS=hydra overrides
+	$(BENTOML_ENV) $(RUN) python -m pipelines.release $(ARGS)
+
+evaluate: install ## test the newest run's logged model on the test set; ARGS="--run-id ID ..."
+	$(RUN) python -m pipelines.evaluate $(ARGS)
+
+register: install ## register the newest run's model, promote if better; ARGS="--run-id ID ..."
+	$(RUN) python -m pipelines.register $(ARGS)
+
+sweep: install ## Optuna search over lr, batch size, width (conf/hparams_search); then the ranking
+	$(RUN) python -m pipelines.train hparams_search=mnist_optuna $(ARGS)
+	$(RUN) python -m pipelines.sweep_report
+
+server: install ## MLflow tracking server on HOST:UI_PORT, STORE=backend URI, ARTIFACTS=destination
+	$(RUN) mlflow server --backend-store-uri "$(STORE)" --artifacts-destination "$(ARTIFACTS)" \
+		--host $(HOST) --port $(UI_PORT) --workers 2
+
+up: ## docker compose: postgres, minio, mlflow, serving (needs .env, see .env.example)
+	@test -f .env || { echo "error: no .env: cp .env.example .env, then set its passwords" >&2; exit 2; }
+	$(COMPOSE) up -d --build
+
+up-train: ## the release pipeline in the compose trainer container; ARGS=hydra overrides
+	@test -f .env || { echo "error: no .env: cp .env.example .env, then set its passwords" >&2; exit 2; }
+	$(COMPOSE) --profile train run --rm --build trainer $(or $(ARGS),experiment=fast)
+
+down: ## docker compose: stop and remove the containers (the volumes stay)
+	$(COMPOSE) --profile train --profile train-gpu down
+
 ui: install ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(UI_PORT)
 
+package: install ## MLflow champion into the BentoML store (./bentoml), then build the Bento
+	$(BENTOML_ENV) $(RUN) python -m pipelines.package
+
+serve: install ## serve at http://HOST:PORT (127.0.0.1:3000); MODEL=name:tag, default latest
+	$(BENTOML_ENV) $(RUN) python -m pipelines.package --if-empty --no-build
+	$(BENTOML_ENV) CONVLENS_MODEL="$(MODEL)" $(RUN) bentoml serve serving.service:ConvLens --host $(HOST) --port $(PORT)
+
+containerize: package ## Docker image convlens:latest from the latest Bento (needs Docker)
+	$(BENTOML_ENV) $(RUN) bentoml containerize convlens:latest --image-tag convlens:latest
+
 test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNIST folder)
 	$(RUN) pytest
+
+.PHONY: audit
+AUDIT_UNREACHABLE ?= fail
+# pip-audit's source, PyPI's per-version JSON API; checked first, so that a network that blocks
+# it is reported as "nothing audited" (fail, or warn with AUDIT_UNREACHABLE=warn), not as clean.
+AUDIT_PROBE := https://pypi.org/pypi/pip/24.0/json
+audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings in audit-ignore.txt
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(UV) export --frozen --no-hashes --no-emit-project --all-groups --format requirements-txt \
+		--quiet -o "$$tmp/requirements.txt" && \
+	if ! $(RUN) python -c "import urllib.request as r; r.urlopen('$(AUDIT_PROBE)', timeout=20)" 2>/dev/null; then \
+		echo "make audit: NOTHING AUDITED: pip-audit's vulnerability source is unreachable from here" \
+			"($(AUDIT_PROBE) did not answer 200)." >&2; \
+		[ "$(AUDIT_UNREACHABLE)" = warn ] && exit 0 || exit 1; \
+	fi && \
+	$(RUN) pip-audit --strict --no-deps --disable-pip --progress-spinner off -r "$$tmp/requirements.txt" \
+		$$(grep -oE '^[A-Za-z0-9][A-Za-z0-9_.:-]*' audit-ignore.txt 2>/dev/null | sed 's/^/--ignore-vuln /')
+
+.PHONY: bench
+bench: install ## benchmarks of issue 5 (~12 min, 2 cores): benchmarks/results/<date>-<machine>.json + goals table; ARGS=--quick
+	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check
 	$(RUN) ruff check .
