@@ -37,7 +37,7 @@ def test_to_mnist_centres_the_centre_of_mass():
     out = to_mnist(Image.fromarray(digit_stroke())).astype(float)
     ys, xs = np.indices(out.shape)
     cy, cx = (ys * out).sum() / out.sum(), (xs * out).sum() / out.sum()
-    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
 
 
 def test_to_mnist_inverts_a_light_background():
@@ -54,12 +54,13 @@ def test_to_mnist_reads_ink_from_transparency():
     assert out.max() == 255 and out[0].max() == 0
 
 
-def test_to_mnist_keeps_an_mnist_digit_nearly_unchanged(mnist_root):
+def test_to_mnist_leaves_mnist_digits_as_they_are(mnist_root):
     from torchvision.datasets import MNIST
 
-    digit = MNIST(str(mnist_root), train=False).data[0].numpy()
-    out = to_mnist(Image.fromarray(digit)).astype(int)
-    assert np.abs(out - digit).mean() < 12
+    digits = MNIST(str(mnist_root), train=False).data[:200].numpy()
+    unchanged = [np.array_equal(to_mnist(Image.fromarray(d)), d) for d in digits]
+    diffs = [np.abs(to_mnist(Image.fromarray(d)).astype(int) - d).mean() for d in digits]
+    assert np.mean(unchanged) > 0.5 and np.mean(diffs) < 3
 
 
 def test_specks_that_vanish_when_scaled_down_are_no_digit():

@@ -76,8 +76,10 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         raise NoDigitError("the image has no digit: its marks vanish at 20 px")
     ys, xs = np.indices(digit.shape)
     cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
-    top = int(np.clip(round(IMAGE_SIZE / 2 - cy - 0.5), 0, IMAGE_SIZE - digit.shape[0]))
-    left = int(np.clip(round(IMAGE_SIZE / 2 - cx - 0.5), 0, IMAGE_SIZE - digit.shape[1]))
+    # MNIST puts the centre of mass at pixel index 14 (not 13.5): matching it keeps uploads
+    # pixel-aligned with the training data.
+    top = int(np.clip(round(IMAGE_SIZE / 2 - cy), 0, IMAGE_SIZE - digit.shape[0]))
+    left = int(np.clip(round(IMAGE_SIZE / 2 - cx), 0, IMAGE_SIZE - digit.shape[1]))
 
     canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -33,8 +34,10 @@ def register(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    # A tracking server only accepts a `models:/<model_id>` source together with its model_id.
+    # A tracking server only accepts a `models:/<model_id>` source together with its model_id,
+    # and MLflow looks that model up in the process-wide store, so point it at this client's.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mlflow.set_tracking_uri(client.tracking_uri)
     return client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
 
