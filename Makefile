@@ -46,9 +46,9 @@ server: install ## MLflow tracking server on HOST:UI_PORT, STORE=backend URI, AR
 	$(RUN) mlflow server --backend-store-uri "$(STORE)" --artifacts-destination "$(ARTIFACTS)" \
 		--host $(HOST) --port $(UI_PORT) --workers 2
 
-up: ## docker compose: postgres, minio, mlflow, serving (needs .env, see .env.example)
+up: ## docker compose: postgres, minio, mlflow, serving (needs .env); MLFLOW_UI=1 publishes the UI
 	@test -f .env || { echo "error: no .env: cp .env.example .env, then set its passwords" >&2; exit 2; }
-	$(COMPOSE) up -d --build
+	$(COMPOSE) $(if $(MLFLOW_UI),-f docker-compose.yml -f docker/compose.mlflow-ui.yml) up -d --build
 
 up-train: ## the release pipeline in the compose trainer container; ARGS=hydra overrides
 	@test -f .env || { echo "error: no .env: cp .env.example .env, then set its passwords" >&2; exit 2; }

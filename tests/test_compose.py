@@ -21,15 +21,17 @@ VARIABLE = re.compile(
     r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
 )  # ${NAME}, ${NAME:-default}, ${NAME:?error}; not $${...}
 ONE_SHOT = {"minio-bucket", "trainer", "trainer-gpu"}  # run to completion, never restarted
-PUBLISHED = {"mlflow", "serving"}  # the MLflow UI and the prediction service
+PUBLISHED = {"serving"}  # the prediction service; the MLflow UI only with the opt-in file
+UI_FILE = REPO / "docker" / "compose.mlflow-ui.yml"
 
 
 def compose_text() -> str:
-    return COMPOSE_FILE.read_text()
+    """Both compose files' text, for the variables and secrets they mention."""
+    return COMPOSE_FILE.read_text() + UI_FILE.read_text()
 
 
 def compose() -> dict:
-    return yaml.safe_load(compose_text())
+    return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
 def services() -> dict[str, dict]:
@@ -255,8 +257,15 @@ def test_published_ports_bind_to_loopback():
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not on 127.0.0.1"
 
 
-def test_only_the_ui_and_the_service_are_published():
+def test_only_the_service_is_published_by_default():
     assert {name for name, s in services().items() if s.get("ports")} == PUBLISHED
+
+
+def test_the_opt_in_ui_file_publishes_only_mlflow_on_loopback():
+    opt_in = yaml.safe_load(UI_FILE.read_text())["services"]
+    assert set(opt_in) == {"mlflow"}
+    assert all(str(p).startswith("127.0.0.1:") for p in opt_in["mlflow"]["ports"])
+    assert "-f docker/compose.mlflow-ui.yml" in (REPO / "Makefile").read_text()
 
 
 def test_images_are_pinned_to_versions():
