@@ -75,16 +75,21 @@ test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNI
 
 .PHONY: audit
 AUDIT_UNREACHABLE ?= fail
-# pip-audit's source, PyPI's per-version JSON API; checked first, so that a network that blocks
-# it is reported as "nothing audited" (fail, or warn with AUDIT_UNREACHABLE=warn), not as clean.
-AUDIT_PROBE := https://pypi.org/pypi/pip/24.0/json
+# A canary with published advisories: when pip-audit finds none in it, its vulnerability source
+# is unreachable, which is reported as "nothing audited" (fail, or warn with
+# AUDIT_UNREACHABLE=warn), never mistaken for a clean audit.
+AUDIT_CANARY := requests==2.19.0
 audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings in audit-ignore.txt
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(UV) export --frozen --no-hashes --no-emit-project --all-groups --format requirements-txt \
 		--quiet -o "$$tmp/requirements.txt" && \
-	if ! $(RUN) python -c "import urllib.request as r; r.urlopen('$(AUDIT_PROBE)', timeout=20)" 2>/dev/null; then \
+	echo "$(AUDIT_CANARY)" > "$$tmp/canary.txt" && \
+	{ $(RUN) pip-audit --no-deps --disable-pip --progress-spinner off -f json -o "$$tmp/canary.json" \
+		-r "$$tmp/canary.txt" >/dev/null 2>&1 || true; } && \
+	if ! $(RUN) python -c "import json, sys; report = json.load(open(sys.argv[1])); \
+		sys.exit(not any(d.get('vulns') for d in report['dependencies']))" "$$tmp/canary.json" 2>/dev/null; then \
 		echo "make audit: NOTHING AUDITED: pip-audit's vulnerability source is unreachable from here" \
-			"($(AUDIT_PROBE) did not answer 200)." >&2; \
+			"(it found no advisory for the canary $(AUDIT_CANARY))." >&2; \
 		[ "$(AUDIT_UNREACHABLE)" = warn ] && exit 0 || exit 1; \
 	fi && \
 	$(RUN) pip-audit --strict --no-deps --disable-pip --progress-spinner off -r "$$tmp/requirements.txt" \
