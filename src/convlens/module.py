@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
+from pytorch_lightning.callbacks import RichProgressBar
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -35,7 +36,6 @@ class Classifier(LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.val_acc_best = MaxMetric()
@@ -53,15 +53,55 @@ class Classifier(LightningModule):
         return F.cross_entropy(logits, labels), logits.argmax(dim=1), labels
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # The hot loop: no metric object and no `self.log` on the steps Lightning does not send
+        # to the loggers; together they cost more per step than Adam's update of this network.
+        # Epoch totals accumulate in one small tensor (no host sync) and are logged once, in
+        # `on_train_epoch_end`, under the same names as before.
         loss, preds, labels = self._step(batch)
-        self.train_acc(preds, labels)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        with torch.no_grad():
+            self._train_totals[0].add_(loss.detach(), alpha=len(labels))
+            self._train_totals[1].add_((preds == labels).sum())
+            self._train_totals[2].add_(len(labels))
+        if self._logging_this_step():
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            for name, rate in self._learning_rates().items():
+                self.log(name, rate, on_step=True, on_epoch=False)
         return loss
+
+    def _learning_rates(self) -> dict[str, float]:
+        """The rates this step trains with, named as Lightning's `LearningRateMonitor` names
+        them (`lr-Adam`, or `lr-Adam/pg<i>` with several parameter groups). Logged with the
+        loss, they reach the tracking store in the same write instead of one more per step."""
+        rates = {}
+        for optimizer in self.trainer.optimizers:
+            name = f"lr-{type(optimizer).__name__}"
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                rates[name if len(groups) == 1 else f"{name}/pg{i + 1}"] = float(group["lr"])
+        return rates
+
+    def _logging_this_step(self) -> bool:
+        """Whether Lightning sends this step's metrics to the loggers (every
+        `log_every_n_steps`); values logged on the other steps would be thrown away."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return True if connector is None else bool(connector.should_update_logs)
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
+        self._reset_train_totals()  # a run resumed mid-epoch does not start that epoch again
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_train_totals()
+
+    def _reset_train_totals(self) -> None:
+        # loss sum (weighted by batch size), correct predictions, images
+        self._train_totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        loss_sum, correct, count = self._train_totals
+        count = count.clamp(min=1)
+        self.log("train/loss", (loss_sum / count).float(), sync_dist=True)
+        self.log("train/acc", (correct / count).float(), sync_dist=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, preds, labels = self._step(batch)
@@ -83,6 +123,8 @@ class Classifier(LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
+        if self.device.type == "cpu":
+            skip_cuda_graph_check(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
@@ -95,6 +137,35 @@ class Classifier(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+
+def skip_cuda_graph_check(optimizer: torch.optim.Optimizer) -> None:
+    """Drop a CUDA-graph safety check from every `optimizer.step()` of a CPU run.
+
+    The check asks `torch.cuda.is_available()`, which Lightning turns into an NVML query
+    (it sets PYTORCH_NVML_BASED_CUDA_CHECK=1); on a CUDA build of torch without a usable GPU
+    that query is not cached and costs about 0.2 ms per step, 2% of a training step here.
+    A CPU run captures no CUDA graph, so the check can only ever pass.
+    """
+    if hasattr(optimizer, "_accelerator_graph_capture_health_check"):
+        optimizer._accelerator_graph_capture_health_check = lambda: None
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, redrawn every `every_n_steps` training steps.
+
+    The stock bar updates, collects metrics and redraws after every step, about 0.1 ms each:
+    1% of a training step of this network. Validation and testing bars are unchanged.
+    """
+
+    def __init__(self, every_n_steps: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.every_n_steps = max(1, int(every_n_steps))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        done = batch_idx + 1
+        if done % self.every_n_steps == 0 or done == self.total_train_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def net_from_checkpoint(path: str) -> ConvNet:

@@ -1,0 +1,183 @@
+"""Model-only inference: the eager NCHW default against the faster ways to run the same CNN.
+
+    uv run --frozen python -m benchmarks.inference [--seconds 2] [--compile] [--results FILE]
+
+Batch 64 throughput (images/s) and batch 1 latency (median and p99, ms) for:
+
+- `eager_nchw_no_grad`: the default, `net.eval()` under `torch.no_grad()`, NCHW tensors;
+- `eager_channels_last`: weights and input in channels_last, under `torch.inference_mode()`
+  (what the service runs: max pooling in NCHW is slow on the CPU);
+- `frozen_torchscript`: `torch.jit.trace` then `torch.jit.freeze` of the channels_last model
+  (oneDNN conv+ReLU fusion, weights folded as constants);
+- `frozen_activations`: the same, traced to return every feature-map layer and the logits, as
+  `/feature_maps` would need: checked equal to the eager activations layer by layer;
+- `compiled` (with `--compile`): `torch.compile` (inductor, needs a C++ compiler; slow to build).
+
+Every variant's logits are checked against the eager model's (max abs difference reported).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import torch
+from hydra.utils import instantiate
+
+from benchmarks.common import merge_results, parser, print_json
+from benchmarks.config import train_config
+from convlens.model import ConvNet, activations
+from convlens.preprocessing import normalize
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    """n normalized MNIST-shaped inputs (random digits are as costly as real ones)."""
+    generator = torch.Generator().manual_seed(seed)
+    return normalize(torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator))
+
+
+def throughput(fn, x: torch.Tensor, seconds: float) -> float:
+    for _ in range(5):
+        fn(x)
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn(x)
+        done += len(x)
+    return done / elapsed
+
+
+def latency(fn, x: torch.Tensor, seconds: float) -> dict:
+    for _ in range(20):
+        fn(x)
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds and len(times) < 100_000:
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return {
+        "p50_ms": round(statistics.median(times) * 1e3, 4),
+        "p99_ms": round(times[int(len(times) * 0.99)] * 1e3, 4),
+        "calls": len(times),
+    }
+
+
+class ActivationsOf(torch.nn.Module):
+    """The network, returning the outputs of `layers` and the logits (traceable)."""
+
+    def __init__(self, net: ConvNet, layers: list[str]):
+        super().__init__()
+        self.net, self.layers = net, layers
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = []
+        for name, layer in self.net.named_children():
+            x = layer(x)
+            if name in self.layers:
+                found.append(x)
+        return (*found, x)
+
+
+def variants(net: ConvNet, compile_too: bool) -> dict:
+    nchw = net
+    cl = ConvNet(**net.architecture)
+    cl.load_state_dict(net.state_dict())
+    cl = cl.eval().to(memory_format=torch.channels_last)
+    example = images(64).contiguous(memory_format=torch.channels_last)
+    layers = net.spatial_layer_names()
+
+    def eager_nchw(x):
+        with torch.no_grad():
+            return nchw(x)
+
+    def eager_cl(x):
+        with torch.inference_mode():
+            return cl(x.contiguous(memory_format=torch.channels_last))
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(cl, example))
+        frozen_acts = torch.jit.freeze(torch.jit.trace(ActivationsOf(cl, layers).eval(), example))
+
+    def run_frozen(x):
+        with torch.no_grad():
+            return frozen(x.contiguous(memory_format=torch.channels_last))
+
+    def run_frozen_acts(x):
+        with torch.no_grad():
+            return frozen_acts(x.contiguous(memory_format=torch.channels_last))[-1]
+
+    found = {
+        "eager_nchw_no_grad": eager_nchw,
+        "eager_channels_last": eager_cl,
+        "frozen_torchscript": run_frozen,
+        "frozen_activations": run_frozen_acts,
+    }
+    if compile_too:
+        compiled = torch.compile(cl, dynamic=False)
+
+        def run_compiled(x):
+            with torch.inference_mode():
+                return compiled(x.contiguous(memory_format=torch.channels_last))
+
+        found["compiled"] = run_compiled
+    return found, frozen_acts, layers
+
+
+def check_activations(net: ConvNet, frozen_acts, layers: list[str]) -> dict:
+    """Layer by layer, the traced activations against the eager ones, on fresh inputs."""
+    x = images(16, seed=1)
+    with torch.inference_mode():
+        eager = activations(net, x, layers)
+        traced = frozen_acts(x.contiguous(memory_format=torch.channels_last))
+    return {
+        name: round(float((eager[name] - traced[i]).abs().max()), 7)
+        for i, name in enumerate(layers)
+    }
+
+
+def run(seconds: float, compile_too: bool, threads: int | None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = train_config()
+    torch.manual_seed(cfg.seed)
+    net = instantiate(cfg.model, _convert_="all").eval()
+    found, frozen_acts, layers = variants(net, compile_too)
+    batch, single = images(64, seed=2), images(1, seed=3)
+    with torch.no_grad():
+        reference = net(batch)
+    result = {"threads": torch.get_num_threads(), "variants": {}}
+    for name, fn in found.items():
+        build = time.perf_counter()
+        out = fn(batch)  # first call: builds compiled code where there is any
+        build = time.perf_counter() - build
+        result["variants"][name] = {
+            "batch64_images_per_s": round(throughput(fn, batch, seconds), 1),
+            "batch1": latency(fn, single, seconds / 2),
+            "max_abs_diff_vs_eager": round(float((out - reference).abs().max()), 7),
+            "first_call_s": round(build, 3),
+        }
+    base = result["variants"]["eager_nchw_no_grad"]["batch64_images_per_s"]
+    for v in result["variants"].values():
+        v["speedup_vs_default"] = round(v["batch64_images_per_s"] / base, 2)
+    result["frozen_activations_max_abs_diff"] = check_activations(net, frozen_acts, layers)
+    return result
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__)
+    p.add_argument("--seconds", type=float, default=2.0, help="per variant and measure")
+    p.add_argument("--compile", action="store_true", help="also torch.compile (slow to build)")
+    p.add_argument("--threads", default="2,1", help="torch thread counts to measure")
+    args = p.parse_args(argv)
+    result = {
+        f"threads_{t}": run(args.seconds, args.compile, int(t)) for t in args.threads.split(",")
+    }
+    print_json(result)
+    merge_results(args.results, "inference", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The service under load: `make serve` on 127.0.0.1, driven by `wrk` in its own process.
+
+    uv run --frozen python -m benchmarks.serving --tracking-uri sqlite:///path/mlflow.db \
+        [--seconds 5] [--soak 60] [--results FILE]
+
+Starts `make serve` (the shipped `serving/config.yaml`: workers, one torch thread per worker,
+adaptive batching) against the champion of the given MLflow store, in a private BentoML home
+and on a free port; runs each scenario with `wrk -t1` and `benchmarks/wrk/post.lua` (bounded
+by `--seconds` and by a request count), then stops the server.
+
+Per scenario: requests/s, latency p50/p90/p99 (wrk's, closed loop), answers by status, socket
+errors, and the server's CPU time per request (from /proc, all serving processes: a figure that
+other load on the machine disturbs much less than latency). The soak samples the resident
+memory of every serving process once a second under load and reports its growth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from benchmarks.common import (
+    REPO,
+    data_root,
+    load_avg,
+    merge_results,
+    parser,
+    print_json,
+    process_tree,
+    rss_mib,
+)
+
+WRK_SCRIPT = REPO / "benchmarks" / "wrk" / "post.lua"
+READY_TIMEOUT_S = 240
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+def mnist_digits(n: int):
+    """The first n official test digits, uint8 (n, 28, 28)."""
+    from torchvision.datasets import MNIST
+
+    return MNIST(data_root(), train=False, download=False).data[:n].numpy()
+
+
+def png_bytes(digit) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(file_field: str, filename: str, content: bytes, **fields: str) -> tuple[bytes, str]:
+    boundary = f"convlens{uuid.uuid4().hex}"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+        f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + content
+        + b"\r\n"
+    )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
+def write_bodies(folder: Path) -> dict[str, tuple[Path, str]]:
+    digits = mnist_digits(64)
+    png = png_bytes(digits[0])
+    bodies = {
+        "predict": multipart("image", "digit.png", png),
+        "feature_maps": multipart("image", "digit.png", png, layer="conv1", format="png"),
+        "batch1": (json.dumps({"images": digits[:1].tolist()}).encode(), "application/json"),
+        "batch64": (json.dumps({"images": digits.tolist()}).encode(), "application/json"),
+    }
+    found = {}
+    for name, (body, content_type) in bodies.items():
+        path = folder / f"{name}.body"
+        path.write_bytes(body)
+        found[name] = (path, content_type)
+    return found
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+class Server:
+    """`make serve` in its own session, so the whole process group stops together."""
+
+    def __init__(self, tracking_uri: str, home: Path, port: int, log: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        command = [
+            "make",
+            "--no-print-directory",
+            "serve",
+            "HOST=127.0.0.1",
+            f"PORT={port}",
+            f"BENTOML_HOME={home}",
+            f"MLFLOW_TRACKING_URI={tracking_uri}",
+        ]
+        env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
+        self.started = time.monotonic()
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.ready_s: float | None = None
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"make serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.ready_s = round(time.monotonic() - self.started, 1)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"not ready after {READY_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
+
+    def serving_pids(self) -> list[int]:
+        """The Python processes of the server: BentoML's arbiter and its workers."""
+        pids = []
+        for pid in process_tree(self.process.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"bentoml" in part for part in cmdline) and b"python" in cmdline[0]:
+                pids.append(pid)
+        return pids
+
+    def worker_pids(self) -> list[int]:
+        found = []
+        for pid in self.serving_pids():
+            try:
+                if b"worker.service" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        """CPU seconds (user + system) so far of each serving process."""
+        found = {}
+        for pid in self.serving_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        return found
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_pid().values())
+
+    def rss(self) -> dict[str, float]:
+        return {str(pid): rss_mib(pid) for pid in self.serving_pids()}
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def wrk(
+    url: str, body: tuple[Path, str], connections: int, seconds: float, max_requests: int
+) -> dict:
+    """One `wrk -t1` run; its JSON line, plus requests/s."""
+    path, content_type = body
+    env = {
+        **os.environ,
+        "BODY_FILE": str(path),
+        "CONTENT_TYPE": content_type,
+        "MAX_REQUESTS": str(max_requests),
+    }
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
+    out = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    found = json.loads(line.removeprefix("WRK_JSON "))
+    seconds_run = found["duration_us"] / 1e6
+    latency = found.pop("latency_us")
+    return {
+        "connections": connections,
+        "requests": found["requests"],
+        "seconds": round(seconds_run, 2),
+        "requests_per_s": round(found["requests"] / seconds_run, 1),
+        "latency_ms": {k: round(v / 1000, 2) for k, v in latency.items()},
+        "statuses": found["statuses"],
+        "socket_errors": {k: v for k, v in found["errors"].items() if k != "status"},
+        "non_2xx": found["errors"]["status"],
+    }
+
+
+def scenario(server: Server, route: str, body, connections: int, seconds: float, **extra) -> dict:
+    url = f"{server.url}/{route}"
+    wrk(url, body, connections, 1, max_requests=2000)  # warm up this route and connection count
+    before = server.cpu_by_pid()
+    result = wrk(url, body, connections, seconds, max_requests=200_000)
+    after = server.cpu_by_pid()
+    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    cpu = sum(used.values())
+    result["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["requests"]), 3)
+    # How the kernel spread the connections: each worker's share of the server's CPU time.
+    workers = set(server.worker_pids())
+    result["worker_cpu_share"] = sorted(
+        (round(used[pid] / cpu, 2) if cpu else 0.0 for pid in used if pid in workers),
+        reverse=True,
+    )
+    result["load_avg_1m"] = load_avg()[0]
+    result.update(extra)
+    return result
+
+
+def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
+    """`/predict` under `connections` clients for `seconds`; RSS of the serving processes each
+    second. Growth = last minus first sample, after a 10% settling period."""
+    path, content_type = body
+    env = {
+        **os.environ,
+        "BODY_FILE": str(path),
+        "CONTENT_TYPE": content_type,
+        "MAX_REQUESTS": str(10_000_000),
+    }
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{round(seconds)}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        f"{server.url}/predict",
+    ]
+    samples = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as load:
+        start = time.monotonic()
+        while load.poll() is None and time.monotonic() - start < seconds + 60:
+            samples.append((round(time.monotonic() - start, 1), server.rss()))
+            time.sleep(1)
+        out = load.communicate(timeout=60)[0]
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    found = json.loads(line.removeprefix("WRK_JSON "))
+    totals = [(t, sum(r.values())) for t, r in samples if r]
+    settled = totals[max(1, len(totals) // 10) :]
+    first, last = settled[0], settled[-1]
+    minutes = max(1e-9, (last[0] - first[0]) / 60)
+    per_process_first = samples[max(1, len(samples) // 10)][1]
+    per_process_last = samples[-1][1]
+    return {
+        "seconds": seconds,
+        "connections": connections,
+        "requests": found["requests"],
+        "non_2xx": found["errors"]["status"],
+        "socket_errors": {k: v for k, v in found["errors"].items() if k != "status"},
+        "rss_total_mib": {
+            "after_settling": first[1],
+            "end": last[1],
+            "max": max(v for _, v in totals),
+            "growth": round(last[1] - first[1], 1),
+            "growth_per_min": round((last[1] - first[1]) / minutes, 2),
+        },
+        "rss_per_process_mib": {
+            pid: {"after_settling": per_process_first.get(pid), "end": mib}
+            for pid, mib in per_process_last.items()
+        },
+    }
+
+
+def run(
+    tracking_uri: str, seconds: float, soak_s: float, workdir: Path, soak_only: bool = False
+) -> dict:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
+    bodies = write_bodies(workdir)
+    server = Server(tracking_uri, workdir / "bentoml", free_port(), workdir / "serve.log")
+    try:
+        server.wait_ready()
+        result: dict = {
+            "ready_after_s": server.ready_s,
+            "workers": len(server.worker_pids()),
+            "rss_after_start_mib": server.rss(),
+            "scenarios": {},
+        }
+        s = result["scenarios"]
+        if soak_only:
+            result["soak"] = soak(server, bodies["predict"], soak_s)
+            return result
+        s["predict_c1"] = scenario(server, "predict", bodies["predict"], 1, seconds)
+        s["predict_c8"] = scenario(server, "predict", bodies["predict"], 8, seconds)
+        for c in (16, 32, 64):
+            s[f"predict_c{c}"] = scenario(server, "predict", bodies["predict"], c, seconds / 2)
+        s["predict_batch_1img_c64"] = scenario(
+            server, "predict_batch", bodies["batch1"], 64, seconds, images_per_request=1
+        )
+        for c in (1, 4):
+            s[f"predict_batch_64img_c{c}"] = scenario(
+                server, "predict_batch", bodies["batch64"], c, seconds, images_per_request=64
+            )
+        s["feature_maps_png_c1"] = scenario(
+            server, "feature_maps", bodies["feature_maps"], 1, seconds
+        )
+        for v in s.values():
+            if "images_per_request" in v:
+                v["images_per_s"] = round(v["requests_per_s"] * v["images_per_request"], 1)
+        if soak_s > 0:
+            result["soak"] = soak(server, bodies["predict"], soak_s)
+        result["rss_at_end_mib"] = server.rss()
+        return result
+    finally:
+        server.stop()
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__)
+    p.add_argument("--tracking-uri", default=None, help="MLflow store with a champion")
+    p.add_argument("--seconds", type=float, default=5.0, help="per scenario")
+    p.add_argument("--soak", type=float, default=60.0, help="seconds of the memory soak (0: none)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep bodies and logs here")
+    p.add_argument("--soak-only", action="store_true", help="only the soak (e.g. --soak 300)")
+    args = p.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="convlens-bench-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = args.tracking_uri or default_tracking_uri()
+    result = run(uri, args.seconds, args.soak, workdir, args.soak_only)
+    print_json(result)
+    merge_results(args.results, "serving_soak" if args.soak_only else "serving", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
