@@ -96,7 +96,7 @@ audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings
 		$$(grep -oE '^[A-Za-z0-9][A-Za-z0-9_.:-]*' audit-ignore.txt 2>/dev/null | sed 's/^/--ignore-vuln /')
 
 .PHONY: bench
-bench: install ## benchmarks of issue 5 (~12 min, 2 cores): benchmarks/results/<date>-<machine>.json + goals table; ARGS=--quick
+bench: install ## benchmarks of issue 5 (~8 min, 2 cores): benchmarks/results/<date>-<machine>.json + goals table; ARGS=--quick
 	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check

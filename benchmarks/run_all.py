@@ -2,18 +2,20 @@
 
     uv run --frozen python -m benchmarks.run_all [--quick] [--soak 60] [--machine NAME]
 
-Runs, each in its own process and in this order: `flops`, `bare_loop`, `inference`, `startup`,
-`train` (bare loop, 3 x `make train ARGS="experiment=fast seed=S"`, bare loop, default
-`make train`), `serving` (`make serve` on the model trained just before, `wrk` against it,
-a memory soak). Writes `benchmarks/results/<date>-<machine>.json` and prints the table of
-the goals of issue 5 against the measured values.
+Runs, each in its own process and in this order: `flops`, `bare_loop`, `inference`,
+`startup`, `train` (a bare-loop epoch before and after each of 3 `make train
+ARGS="experiment=fast seed=S"`, then the default `make train`), `serving` (`make serve` on
+the model trained just before, `wrk` against it, a memory soak). Writes
+`benchmarks/results/<date>-<machine>.json` and prints the table of the goals of issue 5
+against the measured values.
 
 Child processes share a bytecode cache (PYTHONPYCACHEPREFIX, filled before the first timed
 step) so that start-up is measured as on any machine where Python may write its .pyc files;
 `startup` also reports the cost without one.
 
-`--quick` checks the whole chain in about 4 minutes (one fast seed on a 6,400-image subset,
-no default run, 2 s scenarios, 10 s soak): its figures are not the goals'.
+A full run takes about 8 minutes on 2 cores. `--quick` checks the whole chain in about
+4 minutes (one fast seed on a 6,400-image subset, no default run, 2 s scenarios, 10 s soak):
+its figures are not the goals'.
 """
 
 from __future__ import annotations

@@ -312,6 +312,7 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
             "growth": round(last[1] - first[1], 1),
             "growth_per_min": round((last[1] - first[1]) / minutes, 2),
         },
+        "rss_total_series_mib": [[t, round(v, 1)] for t, v in totals[:: max(1, len(totals) // 30)]],
         "rss_per_process_mib": {
             pid: {"after_settling": per_process_first.get(pid), "end": mib}
             for pid, mib in per_process_last.items()
