@@ -1,8 +1,8 @@
-"""Evidence for the service changes BENCHMARKS.md recommends: the shipped service against
-patched copies of it, served and loaded the same way, one after the other.
+"""What each of the service's performance settings buys: the shipped service against copies
+of it with one setting undone, served and loaded the same way, one after the other.
 
     uv run --frozen python -m benchmarks.service_variants --bentoml-home DIR \
-        [--variants shipped,gc_freeze,...] [--seconds 5] [--repeats 2]
+        [--variants shipped,no_gc_freeze,...] [--seconds 5] [--repeats 2]
 
 `--bentoml-home` must hold an imported model (e.g. the `serving/bentoml` folder that
 `benchmarks.serving --workdir` leaves, or the repo's `bentoml/` after `make package`). Each
@@ -11,21 +11,18 @@ variant is a copy of `serving/` in a temporary folder with textual patches appli
 and the variant skipped, so the script keeps telling the truth as the service changes. Not
 part of `make bench` (it serves every variant in turn: about a minute each).
 
-Variants (cumulative ones are named by their parts):
+Variants (join names with + to undo several settings at once):
 
 - `shipped`: `serving/` as it is;
-- `gc_freeze`: `gc.collect(); gc.freeze()` after the model is loaded, so the cyclic garbage
-  collector stops re-scanning the ~250k objects of torch, BentoML and pydantic (a full
-  collection takes ~130 ms in a worker and stalls every request in flight);
-- `quiet`: BentoML's per-request access log line and Prometheus metrics off;
-- `async`: `async def` for `/predict` and `/feature_maps`: no hop to the thread pool;
-- `pil`: `/predict` takes the upload as `PIL.Image.Image`, which BentoML opens from the
-  request in memory, instead of `Path`, for which it writes a temporary file per request;
-- `inflight64`: `max_in_flight_per_thread: 64`, so that one worker may hold all 64
-  connections of 64 clients (the kernel does not spread connections evenly between workers);
-- `png1`: PNG answers (`/feature_maps`, `/filters`, ...) encoded with zlib level 1 instead of
-  Pillow's default 6: a quarter of the CPU for a few percent more bytes;
-- `all`: every one of the above.
+- `no_gc_freeze`: without `gc.freeze()` after the model is loaded, so the cyclic garbage
+  collector re-scans the ~250k objects of torch, BentoML and pydantic (a full collection takes
+  ~130 ms in a worker and stalls every request in flight);
+- `pure_python_http`: uvicorn without uvloop and httptools (its asyncio loop and h11 parser);
+- `access_log`: BentoML's access log line for every request;
+- `no_spread`: keep-alive connections never closed by the service (`SpreadConnections`), so
+  clients that connect together can all stay on one worker;
+- `inflight32`: `max_in_flight_per_thread: 32`, the limit before issue 5;
+- `before`: all of the above undone, the service as it was before issue 5's changes.
 """
 
 from __future__ import annotations
@@ -41,100 +38,33 @@ from pathlib import Path
 from benchmarks.common import REPO, merge_results, parser, print_json
 from benchmarks.serving import Server, free_port, scenario, write_bodies
 
-PREDICT = "    def predict(self, image: Path) -> ImagePrediction:"
-FEATURE_MAPS = "    def feature_maps(self, image: Path,"
-LOADED = "            MODEL_STATUS.loaded(model)\n"
-READ = "read_image(image, self.limits)"
-# What the `pil` variant appends: the checks `convlens.images.decode_image` makes, on an image
-# BentoML already opened (header only) from the upload in memory.
-OPENED = '''
-
-def _opened(image, limits):
-    """An upload BentoML opened as a PIL image, checked as `decode_image` checks bytes."""
-    from convlens.images import FORMATS, MODES, ImageError, ImageTooLarge, _load
-
-    if image.format not in FORMATS:
-        raise ImageError(f"the upload is not an image in a supported format ({', '.join(FORMATS)})")
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise ImageTooLarge(f"the image is {width}x{height}; the limit is {limits.max_pixels:,}")
-    if image.mode not in MODES:
-        raise ImageError(f"image mode {image.mode} is not supported")
-    _load(image)
-    return image
-'''
-END = "APPEND"
-WORKERS = "    workers=CONFIG.workers,\n"
+FROZEN = "        gc.collect()\n        gc.freeze()\n"
+# Blocked imports: uvicorn falls back to asyncio and h11.
+NO_C_HTTP = 'import sys\n\nsys.modules["uvloop"] = sys.modules["httptools"] = None\n'
+START = "from __future__ import annotations\n"
 
 PATCHES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     # name: ([(old, new) in service.py], [(old, new) in config.yaml])
     "shipped": ([], []),
-    "gc_freeze": (
-        [(LOADED, LOADED + "        import gc\n\n        gc.collect()\n        gc.freeze()\n")],
-        [],
-    ),
-    "quiet": (
-        [
-            (
-                WORKERS,
-                WORKERS + '    logging={"access": {"enabled": False}},\n'
-                '    metrics={"enabled": False},\n',
-            )
-        ],
-        [],
-    ),
-    "async": (
-        [
-            (PREDICT, PREDICT.replace("def ", "async def ")),
-            (FEATURE_MAPS, FEATURE_MAPS.replace("def ", "async def ")),
-        ],
-        [],
-    ),
-    "pil": (
-        [
-            (PREDICT, PREDICT.replace("image: Path", "image: Image.Image")),
-            (
-                READ,
-                "(_opened(image, self.limits) if isinstance(image, Image.Image) "
-                "else read_image(image, self.limits))",
-            ),
-            (END, OPENED),
-        ],
-        [],
-    ),
-    "inflight64": ([], [("max_in_flight_per_thread: 32", "max_in_flight_per_thread: 64")]),
-    "png1": (
-        [
-            (
-                '    image.save(buffer, format="PNG")\n',
-                '    image.save(buffer, format="PNG", compress_level=1)\n',
-            )
-        ],
-        [],
-    ),
+    "no_gc_freeze": ([(FROZEN, "")], []),
+    "pure_python_http": ([(START, START + NO_C_HTTP)], []),
+    "access_log": ([], [("access_log: false", "access_log: true")]),
+    "no_spread": ([], [("requests_per_connection: 25", "requests_per_connection: 1000000000")]),
+    "inflight32": ([], [("max_in_flight_per_thread: 64", "max_in_flight_per_thread: 32")]),
 }
+UNDONE = [name for name in PATCHES if name != "shipped"]
 
 
 def combine(names: list[str]) -> tuple[list, list]:
     service, config = [], []
-    predict_new = PREDICT
     for name in names:
-        for old, new in PATCHES[name][0]:
-            if old == PREDICT:  # async and pil both rewrite the predict line
-                if "async" in new:
-                    predict_new = predict_new.replace("    def ", "    async def ")
-                if "Image.Image" in new:
-                    predict_new = predict_new.replace("image: Path", "image: Image.Image")
-            else:
-                service.append((old, new))
+        service += PATCHES[name][0]
         config += PATCHES[name][1]
-    if predict_new != PREDICT:
-        service.append((PREDICT, predict_new))
     return service, config
 
 
 def variant_folder(name: str, root: Path) -> tuple[Path | None, str | None]:
-    parts = list(PATCHES) if name == "all" else name.split("+")
+    parts = UNDONE if name == "before" else name.split("+")
     service_subs, config_subs = combine([p for p in parts if p != "shipped"])
     folder = root / name.replace("+", "_")
     shutil.copytree(
@@ -146,9 +76,6 @@ def variant_folder(name: str, root: Path) -> tuple[Path | None, str | None]:
         path = folder / "serving" / file
         text = path.read_text()
         for old, new in subs:
-            if old == END:
-                text += new
-                continue
             if old not in text:
                 return None, f"{file} no longer contains {old.strip()!r}"
             text = text.replace(old, new, 1)
@@ -204,6 +131,9 @@ def measure(folder: Path, home: Path, bodies, seconds: float, repeats: int) -> d
             )
         runs["predict_c1"] = scenario(server, "predict", bodies["predict"], 1, seconds)
         runs["predict_c64"] = scenario(server, "predict", bodies["predict"], 64, seconds)
+        runs["predict_batch_64img_c4"] = scenario(
+            server, "predict_batch", bodies["batch64"], 4, seconds, images_per_request=64
+        )
         runs["feature_maps_c1"] = scenario(
             server, "feature_maps", bodies["feature_maps"], 1, seconds
         )
@@ -215,7 +145,7 @@ def measure(folder: Path, home: Path, bodies, seconds: float, repeats: int) -> d
 def main(argv=None) -> dict:
     p = parser(__doc__)
     p.add_argument("--bentoml-home", type=Path, required=True)
-    p.add_argument("--variants", default="shipped,gc_freeze,quiet,async,pil,inflight64,png1,all")
+    p.add_argument("--variants", default=",".join(["shipped", *UNDONE, "before"]))
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=2, help="runs of /predict at 8 clients")
     args = p.parse_args(argv)

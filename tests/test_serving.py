@@ -367,6 +367,41 @@ def test_bentoml_health_metrics_and_docs_stay_available(client):
     assert {"/predict", "/predict_batch", "/feature_maps", "/filters"} <= set(paths)
 
 
+def test_a_lone_client_keeps_its_keep_alive_connection(served):
+    """One request at a time: the worker has nothing to hand over, so it never closes."""
+    from serving.service import CONFIG
+
+    with httpx.Client(base_url=served, timeout=30) as http:
+        closing = [
+            http.get("/livez").headers.get("connection", "").lower() == "close"
+            for _ in range(3 * CONFIG.requests_per_connection)
+        ]
+    assert not any(closing)
+
+
+def test_a_busy_worker_closes_some_connections_so_clients_spread(served, confident):
+    """8 clients at once on the one worker of the test server: some answers close their
+    connection (every Nth while others wait), and every request is still answered."""
+    from serving.service import CONFIG
+
+    body = encode(Image.fromarray(confident[0][0]))
+
+    def client(_: int) -> list[tuple[int, bool]]:
+        with httpx.Client(base_url=served, timeout=60) as http:
+            answers = []
+            for _ in range(2 * CONFIG.requests_per_connection):
+                response = http.post("/predict", files=upload(body))
+                closed = response.headers.get("connection", "").lower() == "close"
+                answers.append((response.status_code, closed))
+            return answers
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [answer for answers in pool.map(client, range(8)) for answer in answers]
+    assert {status for status, _ in answers} == {200}
+    closed = sum(closed for _, closed in answers)
+    assert 1 <= closed <= len(answers) // CONFIG.requests_per_connection
+
+
 # ------------------------------------------------------------------ bad input
 
 
