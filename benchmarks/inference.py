@@ -173,7 +173,9 @@ def run(seconds: float, compile_too: bool, threads: int | None) -> dict:
         result["variants"][name] = {
             "batch64_images_per_s": round(throughput(fn, batch, seconds), 1),
             "batch1": latency(fn, single, seconds / 2),
-            "max_abs_diff_vs_eager": round(float((out.float() - reference).abs().max()), 7),
+            "max_abs_diff_vs_eager": round(
+                float((out.detach().float() - reference).abs().max()), 7
+            ),
             "first_call_s": round(build, 3),
         }
     base = result["variants"]["eager_nchw_default"]["batch64_images_per_s"]

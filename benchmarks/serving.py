@@ -300,6 +300,8 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
     totals = [(t, sum(r.values())) for t, r in samples if r]
     settled = totals[max(1, len(totals) // 10) :]
     first, last = settled[0], settled[-1]
+    # Allocators and caches fill during the first minutes; a leak keeps growing after that.
+    half = next(sample for sample in totals if sample[0] >= totals[-1][0] / 2)
     minutes = max(1e-9, (last[0] - first[0]) / 60)
     per_process_first = samples[max(1, len(samples) // 10)][1]
     per_process_last = samples[-1][1]
@@ -315,6 +317,7 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
             "max": max(v for _, v in totals),
             "growth": round(last[1] - first[1], 1),
             "growth_per_min": round((last[1] - first[1]) / minutes, 2),
+            "growth_second_half": round(last[1] - half[1], 1),
         },
         "rss_total_series_mib": [[t, round(v, 1)] for t, v in totals[:: max(1, len(totals) // 30)]],
         "rss_per_process_mib": {
@@ -350,7 +353,7 @@ def run(
         s["predict_batch_1img_c64"] = scenario(
             server, "predict_batch", bodies["batch1"], 64, seconds, images_per_request=1
         )
-        for c in (1, 4):
+        for c in (1, 4, 8):
             s[f"predict_batch_64img_c{c}"] = scenario(
                 server, "predict_batch", bodies["batch64"], c, seconds, images_per_request=64
             )
