@@ -413,9 +413,10 @@ class SpreadConnections:
     pending at that moment, so clients that connect together (a connection pool, a load
     balancer) can all land on one worker while the others idle, for as long as they keep
     their connections. A closed connection makes its client reconnect, and the new one goes
-    to whichever worker is free to accept it first: load spreads over the workers within a
-    second or so. A worker serving one request at a time has nothing to hand over, so a lone
-    client keeps its connection (a reconnect costs it a round trip, sometimes a delayed ACK).
+    to whichever worker accepts it first, often another one: within a few seconds every
+    worker has work. A worker serving one request at a time has nothing to hand over, so a
+    lone client keeps its connection (the first request on a new one sometimes takes tens of
+    milliseconds).
     """
 
     def __init__(self, app: Any, every: int):
