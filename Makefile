@@ -99,6 +99,7 @@ audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings
 
 .PHONY: bench
 bench: install ## benchmarks of issue 5 (~13 min, 2 cores): benchmarks/results/<date>-<machine>.json + goals table; ARGS=--quick
+	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk, the HTTP load generator, is missing: apt-get install -y wrk" >&2; exit 2; }
 	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check
