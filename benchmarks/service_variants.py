@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import REPO, merge_results, parser, print_json
@@ -107,17 +105,7 @@ class VariantServer(Server):
             "--port",
             str(port),
         ]
-        self.started = time.monotonic()
-        self.ready_s = None
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                command,
-                cwd=folder,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.start(command, folder, env)
 
 
 def measure(folder: Path, home: Path, bodies, seconds: float, repeats: int) -> dict:

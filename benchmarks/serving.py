@@ -122,17 +122,20 @@ class Server:
             f"MLFLOW_TRACKING_URI={tracking_uri}",
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
+        self.start(command, REPO, env)
+
+    def start(self, command: list[str], cwd: Path, env: dict[str, str]) -> None:
         self.started = time.monotonic()
-        with log.open("w") as out:
+        self.ready_s: float | None = None
+        with self.log.open("w") as out:
             self.process = subprocess.Popen(
                 command,
-                cwd=REPO,
+                cwd=cwd,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.ready_s: float | None = None
 
     def wait_ready(self) -> None:
         import httpx
