@@ -8,13 +8,12 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
 UI_PORT ?= 5000
-MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
-BENTOML_HOME ?= $(CURDIR)/bentoml
 MODEL ?=
 STORE ?= sqlite:///$(CURDIR)/mlflow.db
 ARTIFACTS ?= $(CURDIR)/mlartifacts
 COMPOSE ?= docker compose
-BENTOML_ENV = BENTOML_HOME="$(BENTOML_HOME)" BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)"
+# Where the store, the BentoML home and the UI are is said once, in conf/paths/default.yaml;
+# every step composes that config, so ARGS="paths.tracking_uri=... registry.name=..." reach all.
 
 .PHONY: help install train ui test lint format clean package serve containerize
 .PHONY: release evaluate register sweep server up up-train down
@@ -32,7 +31,7 @@ train: install ## train, log to MLflow, register; overrides via ARGS="optimizer.
 	$(RUN) python -m pipelines.train $(ARGS)
 
 release: install ## train -> evaluate -> register -> promote if better -> package; ARGS=hydra overrides
-	$(BENTOML_ENV) $(RUN) python -m pipelines.release $(ARGS)
+	$(RUN) python -m pipelines.release $(ARGS)
 
 evaluate: install ## test the newest run's logged model on the test set; ARGS="--run-id ID ..."
 	$(RUN) python -m pipelines.evaluate $(ARGS)
@@ -42,7 +41,7 @@ register: install ## register the newest run's model, promote if better; ARGS="-
 
 sweep: install ## Optuna search over lr, batch size, width (conf/hparams_search); then the ranking
 	$(RUN) python -m pipelines.train hparams_search=mnist_optuna $(ARGS)
-	$(RUN) python -m pipelines.sweep_report
+	$(RUN) python -m pipelines.sweep_report hparams_search=mnist_optuna $(ARGS)
 
 server: install ## MLflow tracking server on HOST:UI_PORT, STORE=backend URI, ARTIFACTS=destination
 	$(RUN) mlflow server --backend-store-uri "$(STORE)" --artifacts-destination "$(ARTIFACTS)" \
@@ -59,18 +58,18 @@ up-train: ## the release pipeline in the compose trainer container; ARGS=hydra o
 down: ## docker compose: stop and remove the containers (the volumes stay)
 	$(COMPOSE) --profile train --profile train-gpu down
 
-ui: install ## MLflow UI on the local store at http://127.0.0.1:5000
-	$(RUN) mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(UI_PORT)
+ui: install ## MLflow UI on the training store at http://127.0.0.1:5000; ARGS=hydra overrides
+	$(RUN) python -m pipelines.ui $(ARGS)
 
-package: install ## MLflow champion into the BentoML store (./bentoml), then build the Bento
-	$(BENTOML_ENV) $(RUN) python -m pipelines.package
+package: install ## MLflow @champion into the BentoML store (./bentoml), then build the Bento
+	$(RUN) python -m pipelines.package $(ARGS)
 
-serve: install ## serve at http://HOST:PORT (127.0.0.1:3000); MODEL=name:tag, default latest
-	$(BENTOML_ENV) $(RUN) python -m pipelines.package --if-empty --no-build
-	$(BENTOML_ENV) CONVLENS_MODEL="$(MODEL)" $(RUN) bentoml serve serving.service:ConvLens --host $(HOST) --port $(PORT)
+serve: install ## serve @champion as it is now at http://HOST:PORT (127.0.0.1:3000); MODEL=name:tag pins one
+	$(RUN) python -m pipelines.serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 containerize: package ## Docker image convlens:latest from the latest Bento (needs Docker)
-	$(BENTOML_ENV) $(RUN) bentoml containerize convlens:latest --image-tag convlens:latest
+	BENTOML_HOME="$${BENTOML_HOME:-$(CURDIR)/bentoml}" BENTOML_DO_NOT_TRACK=true \
+		$(RUN) bentoml containerize convlens:latest --image-tag convlens:latest
 
 test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNIST folder)
 	$(RUN) pytest

@@ -16,15 +16,9 @@ import math
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from pipelines.common import (
-    SWEEP_ID,
-    Parser,
-    add_store_arguments,
-    default_tracking_uri,
-    experiment_name,
-    open_store,
-    run_cli,
-)
+from convlens.cli import Parser, add_overrides, run_cli
+from convlens.config import settings
+from convlens.store import SWEEP_ID, open_store
 
 OBJECTIVE = "val/acc_best"
 
@@ -105,14 +99,16 @@ def report(client: MlflowClient, runs: list[Run]) -> Run:
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m pipelines.sweep_report", description=__doc__.splitlines()[0])
     parser.add_argument("--sweep-id", help="the sweep.id tag of the trials (default: newest)")
-    add_store_arguments(parser)
+    add_overrides(parser)
     args = parser.parse_args(argv)
 
-    client = open_store(args.tracking_uri or default_tracking_uri())
-    runs = sweep_runs(client, experiment_name(), args.sweep_id)
+    found = settings(args.overrides)
+    experiment = found.experiment
+    client = open_store(found.tracking_uri)
+    runs = sweep_runs(client, experiment, args.sweep_id)
     if not runs:
         which = f"sweep {args.sweep_id!r}" if args.sweep_id else "sweep"
-        print(f"nothing to report: no {which} runs in experiment {experiment_name()!r}")
+        print(f"nothing to report: no {which} runs in experiment {experiment!r}")
         return 0
     sweep_id = runs[0].data.tags[SWEEP_ID]
     print(f"sweep {sweep_id}: {len(runs)} trials, ranked by {OBJECTIVE}\n")

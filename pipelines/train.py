@@ -14,30 +14,28 @@ from typing import TYPE_CHECKING
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from mlflow import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-from convlens import UserError
+from convlens.cli import TEMPFAIL, errors_as_lines
+from convlens.config import Settings
+from convlens.console import quiet_console
 from convlens.reachability import check_reachable
-from convlens.registry import POLICIES
-from pipelines.common import SWEEP_ID, StepError
-from pipelines.register import register_and_promote
+from convlens.store import SWEEP_ID, run_page
 
 if TYPE_CHECKING:
+    from convlens.registry import Registration
     from convlens.training import TrainResult
 
 
-def report(result: TrainResult, version: str, decision) -> None:
-    base = (
-        "http://127.0.0.1:5000" if result.tracking_uri.startswith("sqlite") else result.tracking_uri
-    )
-    page = f"{base}/#/experiments/{result.experiment_id}/runs/{result.run_id}"
-    print(
-        f"\nrun        {result.run_id}  ({page})"
-        f"\ntest acc   {result.test_acc:.4f}"
-        f"\nregistered convlens-mnist version {version}: "
-        f"{'now champion' if decision.promoted else 'champion unchanged'} ({decision.reason})"
-    )
+def report(result: TrainResult, found: Settings, registration: Registration | None) -> None:
+    page = run_page(result.tracking_uri, found.mlflow_ui, result.experiment_id, result.run_id)
+    print(f"\nrun        {result.run_id}  ({page})\ntest acc   {result.test_acc:.4f}")
+    if registration is not None:
+        decision = registration.decision
+        print(
+            f"registered {found.model_name} version {registration.version.version}: "
+            f"{'now champion' if decision.promoted else 'champion unchanged'} ({decision.reason})"
+        )
 
 
 def tag_sweep_trial(cfg: DictConfig) -> None:
@@ -67,27 +65,16 @@ def tag_sweep_trial(cfg: DictConfig) -> None:
             cfg.logger.mlflow.run_name = f"sweep-{sweep_id}-trial-{trial}"
 
 
-def check_registry(cfg: DictConfig) -> None:
-    """A bad promotion policy is an error before training, not after."""
-    if cfg.registry.enabled and cfg.registry.promote not in POLICIES:
-        raise StepError(
-            f"registry.promote must be one of {', '.join(POLICIES)}, got {cfg.registry.promote!r}"
-        )
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_console()  # third-party chatter to the log file only
     tag_sweep_trial(cfg)
-    try:
-        check_registry(cfg)
-        if cfg.get("logger") and "mlflow" in cfg.logger:
-            check_reachable(cfg.logger.mlflow.tracking_uri)  # seconds, before the heavy imports
+    with errors_as_lines():
+        found = Settings.of(cfg)  # a bad promotion policy fails before training
+        check_reachable(found.tracking_uri)  # seconds, before the heavy imports
         from convlens.training import train
 
         result = train(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     if result is None:
         return None
     if result.unlogged_dir:
@@ -99,18 +86,22 @@ def main(cfg: DictConfig) -> float | None:
             f"python -m pipelines.upload {result.unlogged_dir}",
             file=sys.stderr,
         )
-        sys.exit(75)  # EX_TEMPFAIL: trained, but tracking is incomplete until uploaded
-    if cfg.registry.enabled:
+        sys.exit(TEMPFAIL)  # trained, but tracking is incomplete until uploaded
+    registration = None
+    if found.registry_enabled:
+        from convlens.registry import register_and_promote
+        from convlens.store import open_store
+
         registration = register_and_promote(
-            MlflowClient(result.tracking_uri),
-            cfg.registry.name,
+            open_store(found.tracking_uri),
+            found.model_name,
             result.run_id,
             result.model_uri,
             result.test_acc,
             result.weights_sha256,
-            cfg.registry.promote,
+            found.policy,
         )
-        report(result, registration.version.version, registration.decision)
+    report(result, found, registration)
     return result.val_acc_best
 
 

@@ -192,12 +192,22 @@ def test_trainer_runs_the_release_pipeline_with_existing_configs():
 
 
 def test_serving_entrypoint_serves_the_bentoml_service():
-    script = (REPO / "docker" / "app" / "serve.sh").read_text()
-    target = re.search(r"bentoml serve (\S+)", script).group(1)
-    module, _, name = target.partition(":")
+    from convlens.packaging import SERVICE
+
+    module, _, name = SERVICE.partition(":")
     source = (REPO / Path(*module.split("."))).with_suffix(".py").read_text()
     assert f"class {name}" in source
-    assert "pipelines.package" in script and (REPO / "pipelines" / "package.py").is_file()
+    script = (REPO / "docker" / "app" / "serve.sh").read_text()
+    assert "python -m pipelines.serve" in script and (REPO / "pipelines" / "serve.py").is_file()
+
+
+def test_serving_container_and_make_serve_run_the_same_command():
+    """One code path decides what is served: the container's entrypoint is `make serve`'s."""
+    makefile = (REPO / "Makefile").read_text()
+    serve = re.search(r"^serve:.*\n\t(.*)$", makefile, re.MULTILINE).group(1)
+    assert "python -m pipelines.serve" in serve
+    script = (REPO / "docker" / "app" / "serve.sh").read_text()
+    assert re.search(r"^exec python -m pipelines\.serve ", script, re.MULTILINE)
 
 
 def test_make_targets_drive_the_compose_stack():

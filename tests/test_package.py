@@ -18,9 +18,18 @@ pytest_plugins = ["tests.serving_fixtures"]
 
 SERVING_MODULES = {
     "serving/__init__.py",
+    "serving/bentoml_private.py",
+    "serving/errors.py",
+    "serving/loading.py",
+    "serving/middleware.py",
+    "serving/openapi.py",
+    "serving/rendering.py",
+    "serving/schemas.py",
     "serving/service.py",
+    "serving/settings.py",
     "serving/ui_app.py",
     "convlens/__init__.py",
+    "convlens/artifact.py",
     "convlens/preprocessing.py",
     "convlens/model.py",
     "convlens/visuals.py",
@@ -70,16 +79,10 @@ def test_package_again_says_so_and_does_not_duplicate_the_model(packaged, traine
     assert versions == [packaged.model_dir]
 
 
-def test_package_if_empty_skips_a_store_that_has_a_model(packaged, trained):
-    result = run_package(trained, packaged.bentoml_home, "--if-empty", "--no-build")
-    assert result.returncode == 0, result.stderr
-    assert "already holds" in result.stdout
-
-
-def test_package_if_empty_imports_into_an_empty_store(trained, tmp_path):
-    """What `make serve` runs first on a fresh clone."""
+def test_package_no_build_imports_into_an_empty_store_without_a_bento(trained, tmp_path):
+    """What `make serve` does first on a fresh clone."""
     home = tmp_path / "bentoml"
-    result = run_package(trained, home, "--if-empty", "--no-build")
+    result = run_package(trained, home, "--no-build")
     assert result.returncode == 0, result.stderr
     assert "imported into" in result.stdout
     assert not (home / "bentos").exists() or not any((home / "bentos").iterdir())
@@ -121,14 +124,17 @@ def test_bento_requirements_leave_out_training_dependencies(packaged):
     assert not names & {"pytorch-lightning", "lightning", "hydra-core", "mlflow", "torchvision"}
 
 
-def test_bentofile_pins_the_versions_the_tests_run_with():
-    packages = yaml.safe_load((REPO / "serving" / "bentofile.yaml").read_text())["python"][
-        "packages"
-    ]
-    for requirement in packages:
-        name, pinned = requirement.split("==")
+def test_bento_installs_the_locked_versions_the_tests_run_with(packaged):
+    """The Bento's requirements come from uv.lock, so they are what this venv holds."""
+    requirements = (packaged.bento_dir / "env" / "python" / "requirements.txt").read_text()
+    pinned = dict(
+        line.split(";")[0].strip().split("==")
+        for line in requirements.splitlines()
+        if "==" in line and not line.startswith(("#", "-"))
+    )
+    for name in ("torch", "numpy", "pillow", "safetensors", "matplotlib", "uvloop", "bentoml"):
         installed = importlib.metadata.version(name).split("+")[0]
-        assert pinned == installed, f"{name}: bentofile pins {pinned}, tests run {installed}"
+        assert pinned[name].split("+")[0] == installed, f"{name}: Bento {pinned[name]}"
 
 
 def test_serving_imports_no_training_library(tmp_path):

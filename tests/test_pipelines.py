@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from convlens.cli import run_cli
 from pipelines import evaluate, register, sweep_report
-from pipelines.common import run_cli
 from tests.conftest import MODEL_NAME, REPO, mnist_dir
 
 # A sweep small enough for a test: 2 trials of one epoch on 500 images.

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
-from pytorch_lightning.callbacks import RichProgressBar
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -149,23 +148,6 @@ def skip_cuda_graph_check(optimizer: torch.optim.Optimizer) -> None:
     """
     if hasattr(optimizer, "_accelerator_graph_capture_health_check"):
         optimizer._accelerator_graph_capture_health_check = lambda: None
-
-
-class ProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, redrawn every `every_n_steps` training steps.
-
-    The stock bar updates, collects metrics and redraws after every step, about 0.1 ms each:
-    1% of a training step of this network. Validation and testing bars are unchanged.
-    """
-
-    def __init__(self, every_n_steps: int = 10, **kwargs):
-        super().__init__(**kwargs)
-        self.every_n_steps = max(1, int(every_n_steps))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        done = batch_idx + 1
-        if done % self.every_n_steps == 0 or done == self.total_train_batches:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def net_from_checkpoint(path: str) -> ConvNet:

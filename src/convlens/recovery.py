@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from convlens import UserError
 
@@ -68,22 +66,3 @@ def find_resumable(tracking_uri: str, experiment_name: str, which: str) -> Resum
 def _last_checkpoint(folder: str | None) -> Path | None:
     path = Path(folder, LAST) if folder else None
     return path if path is not None and path.is_file() else None
-
-
-class CheckpointOnStop(Callback):
-    """On SIGTERM (as `docker stop` sends) or Ctrl-C, write `last.ckpt` before exiting."""
-
-    def __init__(self, dirpath: str):
-        self.dirpath = dirpath
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception) -> None:
-        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
-            return
-        path = Path(self.dirpath, LAST)
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            print(
-                f"\nstopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                f'checkpoint saved to {path}. Resume with: make train ARGS="resume=latest"',
-                flush=True,
-            )

@@ -1,4 +1,9 @@
-"""The model registry: register each run's model, and move `champion` only to a better one."""
+"""The model registry: register each run's model, and move `champion` only to a better one.
+
+`promote` decides by the policy in `conf/registry/` (checked once, by `convlens.config`) and
+records the decision as `promotion.*` tags; `register_and_promote` is the release's register
+step, shared by `make train`, `make release`, `pipelines.register` and `pipelines.upload`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from convlens.artifact import TEST_ACC, WEIGHTS_SHA256
+from convlens.store import TAG, StepError, get_run, logged_model, record, version_of_run
+
 CHAMPION = "champion"
-POLICIES = ("always", "better", "never")
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,8 @@ def promote(
     client: MlflowClient, name: str, version: ModelVersion, candidate_acc: float, policy: str
 ) -> Decision:
     """Apply the promotion policy and record the decision on the version and its run."""
-    if policy not in POLICIES:
-        raise ValueError(f"registry.promote must be one of {', '.join(POLICIES)}, got {policy!r}")
     current = champion(client, name)
-    current_acc = (
-        float(current.tags["test_acc"]) if current and "test_acc" in current.tags else None
-    )
+    current_acc = float(current.tags[TEST_ACC]) if current and TEST_ACC in current.tags else None
     if current is not None and current.version == version.version:
         decision = Decision(True, "already champion", candidate_acc, current.version, current_acc)
     elif policy == "never":
@@ -99,3 +103,94 @@ def promote(
 
 def _v(version: ModelVersion | None) -> str | None:
     return version.version if version else None
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: ModelVersion
+    decision: Decision
+    test_acc: float
+    acc_source: str
+    existed: bool  # the run was registered before this call
+
+
+def register_and_promote(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    model_uri: str,
+    test_acc: float,
+    weights_sha256: str,
+    policy: str,
+    acc_source: str = "test/acc",
+) -> Registration:
+    """Register the model (once per run), apply the promotion policy, record both."""
+    existed = version_of_run(client, name, run_id) is not None
+    tags = {TEST_ACC: f"{test_acc:.6f}", WEIGHTS_SHA256: weights_sha256}
+    version = register(client, name, model_uri, run_id, tags)
+    if version.tags.get(TEST_ACC) != tags[TEST_ACC]:
+        # Registered earlier with training's own test accuracy; the newer measurement counts.
+        client.set_model_version_tag(name, version.version, TEST_ACC, tags[TEST_ACC])
+    decision = promote(client, name, version, test_acc, policy)
+    record(
+        client,
+        {
+            "registered_model": name,
+            "registered_version": version.version,
+            "test_acc_source": acc_source,
+        },
+        run_id=run_id,
+        version=version,
+    )
+    return Registration(version, decision, test_acc, acc_source, existed)
+
+
+def candidate_accuracy(run: Run) -> tuple[float, str]:
+    """The evaluated test accuracy if there is one, else the one training logged."""
+    tags, metrics = run.data.tags, run.data.metrics
+    if TAG + "eval_test_acc" in tags:
+        images = tags.get(TAG + "eval_test_images", "?")
+        return float(tags[TAG + "eval_test_acc"]), f"eval/test_acc on {images} test images"
+    if "test/acc" in metrics:
+        return float(metrics["test/acc"]), "test/acc"
+    raise StepError(
+        f"run {run.info.run_id} has no test accuracy: "
+        f"run python -m pipelines.evaluate --run-id {run.info.run_id} first"
+    )
+
+
+def register_run(client: MlflowClient, name: str, run_id: str, policy: str) -> Registration:
+    """Register a finished run's logged model with its best known test accuracy."""
+    run = get_run(client, run_id)
+    model = logged_model(client, run)
+    if model is None:
+        raise StepError(f"run {run_id} has no logged model (did its training finish?)")
+    accuracy, source = candidate_accuracy(run)
+    return register_and_promote(
+        client,
+        name,
+        run_id,
+        f"models:/{model.model_id}",
+        accuracy,
+        model.tags.get(WEIGHTS_SHA256, ""),
+        policy,
+        source,
+    )
+
+
+def outcome(decision: Decision) -> str:
+    if decision.reason == "already champion":
+        return "already champion"
+    if decision.promoted:
+        return f"now champion ({decision.reason})"
+    return f"champion unchanged ({decision.reason})"
+
+
+def describe(registration: Registration) -> str:
+    """One line: which version, with what accuracy, and what became of `@champion`."""
+    version = registration.version
+    first = "already registered as" if registration.existed else "registered"
+    return (
+        f"{first} {version.name} version {version.version} (test acc "
+        f"{registration.test_acc:.4f}, {registration.acc_source}): {outcome(registration.decision)}"
+    )

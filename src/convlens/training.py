@@ -1,4 +1,5 @@
-"""One training run from a composed config: fit, test the best checkpoint, log the model."""
+"""One training run from a composed config: instantiate, fit, test the best checkpoint, finish
+(log the evaluation and the model)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning import Trainer, seed_everything
+from pytorch_lightning import LightningDataModule, Trainer, seed_everything
 
-from convlens.module import net_from_checkpoint
-from convlens.reachability import check_reachable
+from convlens.module import Classifier, net_from_checkpoint
 from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
 from convlens.tracking import (
     local_artifact_location,
@@ -32,10 +32,9 @@ class TrainResult:
     best_checkpoint: str
     final_dir: str
     weights_sha256: str
+    epochs: int = 0
     model_uri: str | None = None
-    unlogged_dir: str | None = (
-        None  # set when the tracking server could not take the end of the run
-    )
+    unlogged_dir: str | None = None  # set when the tracking server could not take the end
 
 
 def build_trainer(cfg: DictConfig) -> Trainer:
@@ -62,16 +61,8 @@ def resume_from(cfg: DictConfig) -> None:
         cfg.ckpt_path = found.checkpoint
 
 
-def train(cfg: DictConfig) -> TrainResult | None:
-    """Run the whole training; returns the result on global rank zero, None on other ranks."""
-    if cfg.get("seed") is not None:
-        seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-
-    if cfg.get("logger") and "mlflow" in cfg.logger:
-        check_reachable(cfg.logger.mlflow.tracking_uri)
-    if cfg.get("resume"):
-        resume_from(cfg)
+def instantiate_all(cfg: DictConfig) -> tuple[LightningDataModule, Classifier, Trainer]:
+    """The data, the module around the network, and the trainer with its loggers and callbacks."""
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data before any MLflow run exists
     net = instantiate(cfg.model, _convert_="all")
@@ -79,33 +70,65 @@ def train(cfg: DictConfig) -> TrainResult | None:
     module = instantiate(
         cfg.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
     )
-    trainer = build_trainer(cfg)
+    return datamodule, module, build_trainer(cfg)
 
+
+def start_run(cfg: DictConfig, trainer: Trainer) -> None:
+    """What the MLflow run records before the first step: the config, where checkpoints go
+    (for `resume=`), or which checkpoint a resumed run carries on from."""
     logger = mlflow_logger(trainer)
-    if logger is not None and trainer.is_global_zero:
-        if cfg.get("resume"):
-            logger.experiment.set_tag(logger.run_id, "convlens.resumed_from", cfg.ckpt_path)
-        else:
-            log_config(logger, cfg)
-            checkpoint_dir = str(Path(trainer.checkpoint_callback.dirpath).resolve())
-            logger.experiment.set_tag(logger.run_id, CHECKPOINT_DIR_TAG, checkpoint_dir)
+    if logger is None or not trainer.is_global_zero:
+        return
+    if cfg.get("resume"):
+        logger.experiment.set_tag(logger.run_id, "convlens.resumed_from", cfg.ckpt_path)
+        return
+    log_config(logger, cfg)
+    checkpoint_dir = str(Path(trainer.checkpoint_callback.dirpath).resolve())
+    logger.experiment.set_tag(logger.run_id, CHECKPOINT_DIR_TAG, checkpoint_dir)
 
+
+def train(cfg: DictConfig) -> TrainResult | None:
+    """Run the whole training; returns the result on global rank zero, None on other ranks.
+
+    The caller checks that the tracking server answers (`convlens.reachability`) first.
+    """
+    if cfg.get("seed") is not None:
+        seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    if cfg.get("resume"):
+        resume_from(cfg)
+
+    datamodule, module, trainer = instantiate_all(cfg)
+    start_run(cfg, trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = trainer.callback_metrics.get("val/acc_best")  # testing replaces callback_metrics
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    return finish(cfg, trainer, module, datamodule, best, val_best)
+
+
+def finish(
+    cfg: DictConfig,
+    trainer: Trainer,
+    module: Classifier,
+    datamodule: LightningDataModule,
+    best: str,
+    val_best: torch.Tensor | None,
+) -> TrainResult | None:
+    """Write the end of the run locally, then log it (evaluation, model) to MLflow; if the
+    server has gone, leave it in the outbox for `python -m pipelines.upload`."""
+    logger = mlflow_logger(trainer)
     if not trainer.is_global_zero or logger is None:
         return None
-
-    metrics = trainer.callback_metrics
     best_net = net_from_checkpoint(best) if best else module.net.cpu().eval()
     final_dir = Path(cfg.paths.output_dir, "final").resolve()
     result = TrainResult(
         run_id=logger.run_id,
         experiment_id=logger.experiment_id,
         tracking_uri=cfg.logger.mlflow.tracking_uri,
-        test_acc=float(metrics["test/acc"]),
+        test_acc=float(trainer.callback_metrics["test/acc"]),
         val_acc_best=float(val_best) if val_best is not None else float("nan"),
+        epochs=trainer.current_epoch,
         best_checkpoint=best,
         final_dir=str(final_dir),
         weights_sha256=save_final(final_dir, best_net, datamodule.test_set),

@@ -1,28 +1,23 @@
-"""What the release steps share: the MLflow store, names from the configs, run lookup, CLI errors.
+"""The MLflow store the steps share: opening it, finding runs and models, recording steps.
 
-Every step records what it did as `release.*` tags on the MLflow run and, once registered, on
-the model version, so a step that finds its work done says so instead of doing it again.
+Every release step records what it did as `release.*` tags on the MLflow run and, once
+registered, on the model version, so a step that finds its work done says so instead of doing
+it again.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
 
 from convlens import UserError
+from convlens.artifact import LOGGED_MODEL
 from convlens.reachability import check_reachable
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 TAG = "release."  # prefix of every tag the release steps write
 SWEEP_ID = "sweep.id"  # the tag every trial of one multirun shares (pipelines.train)
 
@@ -31,30 +26,15 @@ class StepError(UserError):
     """A step cannot run as asked; the message says what to fix."""
 
 
-def registry_name() -> str:
-    return str(OmegaConf.load(CONF / "registry" / "default.yaml").name)
-
-
-def registry_policy() -> str:
-    return str(OmegaConf.load(CONF / "registry" / "default.yaml").promote)
-
-
-def experiment_name() -> str:
-    return str(OmegaConf.load(CONF / "logger" / "mlflow.yaml").mlflow.experiment_name)
-
-
-def default_tracking_uri() -> str:
-    """As for training: MLFLOW_TRACKING_URI, else `mlflow.db` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def open_store(uri: str) -> MlflowClient:
+    """A client for `uri`, after checking there is a store to talk to: a missing sqlite file
+    or a tracking server that does not answer is an error in seconds, not a hang."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise StepError(
             f"no MLflow store at {uri}: train first (make train) or set MLFLOW_TRACKING_URI"
         )
-    check_reachable(uri)  # a tracking server that does not answer: an error in seconds
-    return MlflowClient(uri)
+    check_reachable(uri)
+    return MlflowClient(uri, registry_uri=uri)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
@@ -67,10 +47,10 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def logged_model(client: MlflowClient, run: Run) -> LoggedModel | None:
-    """The model `convlens.tracking.log_model` logged for the run, if it got that far."""
+    """The model training logged for the run, if it got that far."""
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'",
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{LOGGED_MODEL}'",
     )
     return models[0] if models else None
 
@@ -108,34 +88,14 @@ def record(
             client.set_model_version_tag(version.name, version.version, TAG + key, str(value))
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of the usage block."""
-
-    def error(self, message: str):
-        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
-    )
-    parser.add_argument(
-        "--model-name", default=None, help="registered model (default: conf/registry)"
-    )
+def ui_base(tracking_uri: str, local_ui: str) -> str:
+    """Where a person browses the store: the tracking server itself, or for a local sqlite
+    store the `make ui` address."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return local_ui.rstrip("/")
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a step's main: a one-line `error: ...` and exit status 2 for anything the user can
-    fix (bad arguments, missing store or run, unreachable server), never a traceback wall."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        sys.exit(main(argv) or 0)
-    except UserError as error:
-        message = str(error)
-    except MlflowException as error:
-        message = f"MLflow: {error.message.strip().splitlines()[0]}"
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def run_page(tracking_uri: str, local_ui: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{ui_base(tracking_uri, local_ui)}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,94 @@
+"""`make release`: train, evaluate, register, promote if better, package the champion.
+
+One step after another on one composed config, each the library function its own command
+runs (`pipelines.evaluate|register|package`), each recording what it did as `release.*` tags.
+`say(number, step, text)` reports progress; the pipeline prints it as `[n/5] step  text`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from convlens import UserError
+from convlens.cli import TEMPFAIL
+from convlens.config import Settings
+
+STEPS = 5
+
+
+class ServerGone(UserError):
+    """Training finished but could not log its end: the release stops there."""
+
+    exit_status = TEMPFAIL
+
+
+def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], None]) -> None:
+    """Run the five steps; the caller has checked `found` and that the store answers."""
+    if not cfg.get("logger") or "mlflow" not in cfg.logger:
+        raise UserError("a release needs the MLflow logger: drop the logger override")
+    from convlens.evaluation import evaluate_run
+    from convlens.packaging import PackageError, package
+    from convlens.registry import outcome, register_and_promote
+    from convlens.store import open_store, record
+    from convlens.training import train
+
+    result = train(cfg)
+    if result is None:  # not global rank zero: that process has nothing more to do
+        return
+    if result.unlogged_dir:
+        raise ServerGone(
+            f"the MLflow server at {result.tracking_uri} stopped answering: run {result.run_id} "
+            f"is trained but its end waits in {result.unlogged_dir}. Once the server is back: "
+            f"python -m pipelines.upload {result.unlogged_dir}, then "
+            f"python -m pipelines.evaluate --run-id {result.run_id} (and register, package)"
+        )
+    client = open_store(found.tracking_uri)
+    record(client, {"pipeline": "release"}, run_id=result.run_id)
+    say(1, "train", f"run {result.run_id}: test acc {result.test_acc:.4f}")
+
+    evaluation = evaluate_run(client, result.run_id, found.data_root, found.test_subset)
+    say(
+        2,
+        "evaluate",
+        f"logged model: test acc {evaluation.test_acc:.4f} on {evaluation.images:,} images",
+    )
+
+    if not found.registry_enabled:
+        say(3, "register", "skipped: registry.enabled=false")
+        say(4, "promote", "skipped: nothing registered")
+        say(5, "package", "skipped: nothing registered")
+        return
+    registration = register_and_promote(
+        client,
+        found.model_name,
+        result.run_id,
+        result.model_uri,
+        evaluation.test_acc,
+        result.weights_sha256,
+        found.policy,
+        acc_source=f"eval/test_acc on {evaluation.images} test images",
+    )
+    version = registration.version.version
+    say(3, "register", f"{found.model_name} version {version}")
+    decision = registration.decision
+    record(
+        client,
+        {"promoted": str(decision.promoted).lower()},
+        run_id=result.run_id,
+        version=registration.version,
+    )
+    say(4, "promote", outcome(decision))
+
+    if not decision.promoted:
+        say(5, "package", "nothing to do: the champion did not change, no new Bento")
+        return
+    found.use_bentoml_home()
+    packaged = package(client, found)
+    if packaged.champion.version != str(version):
+        raise PackageError(
+            f"@champion moved to v{packaged.champion.version} while packaging v{version}"
+        )
+    how = "built" if packaged.bento_built else "already built"
+    say(5, "package", f"model {packaged.model_tag}, Bento {packaged.bento_tag} ({how})")
