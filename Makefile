@@ -58,7 +58,7 @@ up-train: ## the release pipeline in the compose trainer container; ARGS=hydra o
 down: ## docker compose: stop and remove the containers (the volumes stay)
 	$(COMPOSE) --profile train --profile train-gpu down
 
-ui: install ## MLflow UI on the training store at http://127.0.0.1:5000; ARGS=hydra overrides
+ui: install ## MLflow UI on the training store at http://127.0.0.1:5000; ARGS="paths.mlflow_ui=http://127.0.0.1:5001"
 	$(RUN) python -m pipelines.ui $(ARGS)
 
 package: install ## MLflow @champion into the BentoML store (./bentoml), then build the Bento

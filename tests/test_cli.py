@@ -1,7 +1,6 @@
-"""The command-line surface: Hydra multirun and `make ui`."""
+"""The command-line surface: what a training shows, Hydra multirun and `make ui`."""
 
 import os
-import socket
 import subprocess
 import time
 
@@ -10,14 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, run_train
+from tests.harness import free_port
 
 TINY = ["trainer.max_epochs=1", "data.subset=500", "data.val_subset=500", "data.test_subset=500"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_multirun_gives_each_job_its_own_mlflow_run(tmp_path, mnist_root):
@@ -30,11 +24,42 @@ def test_multirun_gives_each_job_its_own_mlflow_run(tmp_path, mnist_root):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+# What a training printed on the terminal before `convlens.console`, none of it for its user:
+# Lightning's tips and hardware lines, torch/Lightning warnings, MLflow's logged warnings,
+# database set-up lines and artifact-download progress bars.
+NOISE = (
+    "Tip:",  # "💡 Tip: For seamless cloud logging ... try installing [litlogger]"
+    "litlogger",
+    "GPU available",
+    "Seed set to",
+    "Warning",  # FutureWarning, UserWarning, DeprecationWarning (not our own `warning: ...`)
+    "WARNING",  # Lightning's and MLflow's logged warnings
+    "deprecated",  # `isinstance(treespec, LeafSpec)` is deprecated
+    "Pickle",  # MLflow: "Saving pytorch model by Pickle or CloudPickle format ..."
+    "Creating initial MLflow database tables",
+    "Downloading artifacts",  # MLflow's tqdm bars
+)
+
+
+def test_train_shows_progress_and_summary_and_logs_the_rest(tmp_path, mnist_root):
+    result = run_train(tmp_path, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    terminal = result.stdout + result.stderr
+    for wanted in ("Epoch 0/0", "Testing", "\nrun  ", "test acc", "registered convlens-mnist"):
+        assert wanted in terminal, terminal[-3000:]
+    assert [noise for noise in NOISE if noise in terminal] == [], terminal[-3000:]
+    (log,) = tmp_path.glob("outputs/*/*/train.log")  # Hydra's <output_dir>/<job name>.log
+    kept = log.read_text()
+    assert "[py.warnings][WARNING]" in kept  # warnings captured there, not dropped
+    for noise in ("Tip:", "GPU available", "Warning: ", "Pickle"):
+        assert noise in kept, kept[-3000:]
+
+
 def test_make_ui_serves_the_local_store(trained):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained.tracking_uri}
     ui = subprocess.Popen(
-        ["make", "--no-print-directory", "ui", f"UI_PORT={port}"],
+        ["make", "--no-print-directory", "ui", f"ARGS=paths.mlflow_ui=http://127.0.0.1:{port}"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

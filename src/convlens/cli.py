@@ -61,6 +61,9 @@ def errors_as_lines() -> Iterator[None]:
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a step's main with `errors_as_lines`; its return value is the exit status."""
+    from convlens.console import quiet_console
+
+    quiet_console()
     with errors_as_lines():
         status = main(argv) or 0
     sys.exit(status)
