@@ -90,10 +90,10 @@ def main(cfg: DictConfig) -> float | None:
     registration = None
     if found.registry_enabled:
         from convlens.registry import register_and_promote
-        from convlens.store import open_store
+        from convlens.store import client
 
         registration = register_and_promote(
-            open_store(found.tracking_uri),
+            client(found.tracking_uri),
             found.model_name,
             result.run_id,
             result.model_uri,

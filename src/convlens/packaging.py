@@ -34,7 +34,7 @@ from convlens.artifact import (
 )
 from convlens.config import REPO, Settings
 from convlens.registry import CHAMPION, champion
-from convlens.store import record, run_page
+from convlens.store import TAG, record, run_page
 
 BENTOFILE = REPO / "serving" / "bentofile.yaml"
 SERVICE = "serving.service:ConvLens"
@@ -184,8 +184,8 @@ def package(client: MlflowClient, settings: Settings, build: bool = True) -> Pac
     if not build:
         return Packaged(champ, model_tag, imported, None)
     registered = client.get_model_version(champ.name, champ.version)
-    recorded = registered.tags.get("release.bento")
-    if recorded and registered.tags.get("release.bentoml_home") == settings.bentoml_home:
+    recorded = registered.tags.get(TAG + "bento")
+    if recorded and registered.tags.get(TAG + "bentoml_home") == settings.bentoml_home:
         try:
             bentoml.bentos.get(recorded)
             return Packaged(champ, model_tag, imported, recorded)

@@ -31,7 +31,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     from convlens.evaluation import evaluate_run
     from convlens.packaging import PackageError, package
     from convlens.registry import outcome, register_and_promote
-    from convlens.store import open_store, record
+    from convlens.store import client, record
     from convlens.training import train
 
     result = train(cfg)
@@ -44,11 +44,11 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
             f"python -m pipelines.upload {result.unlogged_dir}, then "
             f"python -m pipelines.evaluate --run-id {result.run_id} (and register, package)"
         )
-    client = open_store(found.tracking_uri)
-    record(client, {"pipeline": "release"}, run_id=result.run_id)
+    store = client(found.tracking_uri)
+    record(store, {"pipeline": "release"}, run_id=result.run_id)
     say(1, "train", f"run {result.run_id}: test acc {result.test_acc:.4f}")
 
-    evaluation = evaluate_run(client, result.run_id, found.data_root, found.test_subset)
+    evaluation = evaluate_run(store, result.run_id, found.data_root, found.test_subset)
     say(
         2,
         "evaluate",
@@ -61,7 +61,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         say(5, "package", "skipped: nothing registered")
         return
     registration = register_and_promote(
-        client,
+        store,
         found.model_name,
         result.run_id,
         result.model_uri,
@@ -74,7 +74,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     say(3, "register", f"{found.model_name} version {version}")
     decision = registration.decision
     record(
-        client,
+        store,
         {"promoted": str(decision.promoted).lower()},
         run_id=result.run_id,
         version=registration.version,
@@ -85,7 +85,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         say(5, "package", "nothing to do: the champion did not change, no new Bento")
         return
     found.use_bentoml_home()
-    packaged = package(client, found)
+    packaged = package(store, found)
     if packaged.champion.version != str(version):
         raise PackageError(
             f"@champion moved to v{packaged.champion.version} while packaging v{version}"

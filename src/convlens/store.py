@@ -26,15 +26,22 @@ class StepError(UserError):
     """A step cannot run as asked; the message says what to fix."""
 
 
+def client(uri: str) -> MlflowClient:
+    """A client whose registry is the same store (MLflow would otherwise take the registry
+    from the process-wide setting)."""
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def open_store(uri: str) -> MlflowClient:
     """A client for `uri`, after checking there is a store to talk to: a missing sqlite file
-    or a tracking server that does not answer is an error in seconds, not a hang."""
+    or a tracking server that does not answer is an error in seconds, not a hang. Commands
+    that checked already (training did, before it began) use `client`."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise StepError(
             f"no MLflow store at {uri}: train first (make train) or set MLFLOW_TRACKING_URI"
         )
     check_reachable(uri)
-    return MlflowClient(uri, registry_uri=uri)
+    return client(uri)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
