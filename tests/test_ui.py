@@ -7,6 +7,9 @@ import io
 import json
 import os
 import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -58,13 +61,52 @@ def test_samples_are_the_first_mnist_test_image_of_each_digit(mnist_root):
         assert sample["index"] == int(np.flatnonzero(labels == sample["label"])[0])
 
 
+def js_modules() -> list[str]:
+    return sorted(path.name for path in UI_DIR.glob("*.js"))
+
+
 def test_page_uses_no_outside_resources():
     """Works offline: no CDN, no web fonts; the only absolute URL is the optional MLflow UI."""
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "style.css", *js_modules()):
         text = (UI_DIR / name).read_text()
         for url in re.findall(r"https?://[^\s\"'`)]+", text):
             assert url.startswith("http://127.0.0.1:5000"), f"{name} loads {url}"
         assert "@import" not in text and '<script src="http' not in text
+
+
+IMPORT = re.compile(r"^\s*(?:import|export)\b[^;]*?\bfrom\s+[\"']([^\"']+)[\"']", re.M | re.S)
+
+
+def test_page_is_small_es_modules_without_a_build_step():
+    """index.html loads one entry module; every module is imported by a relative path, reached
+    from the entry, at most 300 lines, and opens with a comment saying what it holds."""
+    page = (UI_DIR / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", page) == ['<script type="module" src="app.js">']
+    modules = js_modules()
+    reached, todo = set(), ["app.js"]
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        text = (UI_DIR / name).read_text()
+        assert text.startswith("// "), f"{name} has no header comment"
+        assert len(text.splitlines()) <= 300, f"{name} is {len(text.splitlines())} lines"
+        assert "import(" not in text, f"{name} imports dynamically"
+        for spec in IMPORT.findall(text):
+            assert re.fullmatch(r"\./[a-z-]+\.js", spec), f"{name} imports {spec!r}"
+            assert spec[2:] in modules, f"{name} imports {spec}, which does not exist"
+            todo.append(spec[2:])
+    assert reached == set(modules), f"modules no page loads: {set(modules) - reached}"
+
+
+def test_page_reads_kernels_and_run_link_from_model_info():
+    """The kernels and the MLflow UI's address come from /model_info, not from the page."""
+    code = "\n".join((UI_DIR / name).read_text() for name in js_modules())
+    for kernel in ("horizontal_edge", "vertical_edge", "Horizontal edge", "Sharpen"):
+        assert kernel not in code
+    for gone in ("MLFLOW_UI", "127.0.0.1:5000", "#/experiments", "#/runs", "field("):
+        assert gone not in code
 
 
 def test_ui_app_serves_the_page_and_its_assets():
@@ -74,6 +116,7 @@ def test_ui_app_serves_the_page_and_its_assets():
         transport = httpx.ASGITransport(app=ui_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ui") as client:
             paths = ["/", "/app.js", "/style.css", "/samples/index.json", "/nope.js"]
+            paths += [f"/{name}" for name in js_modules() if name != "app.js"]
             return {path: await client.get(path) for path in paths}
 
     responses = asyncio.run(fetch_all())
@@ -85,6 +128,12 @@ def test_ui_app_serves_the_page_and_its_assets():
         "text/javascript",
         "application/javascript",
     )
+    for name in js_modules():  # a module served as anything else is refused by the browser
+        assert responses[f"/{name}"].status_code == 200
+        assert responses[f"/{name}"].headers["content-type"].split(";")[0] in (
+            "text/javascript",
+            "application/javascript",
+        ), name
     assert responses["/style.css"].headers["content-type"].startswith("text/css")
     assert responses["/samples/index.json"].json()["samples"]
     assert responses["/nope.js"].status_code == 404
@@ -265,6 +314,215 @@ def test_page_fits_a_phone(browser, served_url):
         assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     finally:
         context.close()
+
+
+@needs_chromium
+def test_page_loads_every_module_without_console_errors(browser, served_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    scripts: dict[str, tuple[int, str]] = {}
+
+    def on_console(message):
+        # The MLflow UI probe may fail by design: no run_url server answers in the test suite.
+        if message.type == "error" and not message.location.get("url", "").endswith("/health"):
+            problems.append(f"console: {message.text} ({message.location.get('url')})")
+
+    def on_response(response):
+        if response.url.endswith(".js"):
+            scripts[response.url.rsplit("/", 1)[-1]] = (
+                response.status,
+                response.headers.get("content-type", ""),
+            )
+        if response.status >= 400:
+            problems.append(f"HTTP {response.status}: {response.url}")
+
+    def on_failed(request):
+        if not request.url.endswith("/health"):
+            problems.append(f"failed: {request.url} ({request.failure})")
+
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+        page.on("response", on_response)
+        page.on("requestfailed", on_failed)
+        open_page(page, served_url)
+        before = settled(page)
+        draw_stroke(page, SEVEN)
+        assert wait_for_results(page, before) == "done", page.locator("#status").inner_text()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#filters img')].every(i => i.naturalWidth > 0)"
+        )
+    finally:
+        context.close()
+    assert not problems, problems
+    assert sorted(scripts) == js_modules()
+    for name, (status, content_type) in scripts.items():
+        assert status == 200 and "javascript" in content_type, (name, status, content_type)
+
+
+def kernel_title(name: str) -> str:
+    words = name.replace("_", " ")
+    return words[:1].upper() + words[1:]
+
+
+def block_rows(page) -> list[tuple[str, str]]:
+    return page.eval_on_selector_all(
+        ".block-row",
+        "rows => rows.map(r => [r.dataset.kernel, r.querySelector('h3').textContent])",
+    )
+
+
+@needs_chromium
+def test_building_blocks_are_the_kernels_model_info_lists(page, served_url):
+    kernels = model_info(served_url)["kernels"]
+    assert kernels, "model_info lists no kernels"
+    assert block_rows(page) == [[k, kernel_title(k)] for k in kernels]
+    assert kernel_title("horizontal_edge") == "Horizontal edge"
+    if "horizontal_edge" in kernels:
+        assert page.locator(".block-row h3").first.inner_text() == "Horizontal edge"
+
+
+REMOVED = object()  # open_with_model_info(..., key=REMOVED): /model_info without that key
+
+
+def open_with_model_info(browser, served_url: str, health_at: str | None = None, **changes):
+    """A page whose /model_info answer is the service's own with `changes` applied, as a
+    service returning them would answer, and `health_at`/health answering as an MLflow UI
+    does. Returns (context, page, JavaScript errors)."""
+
+    def patch(route):
+        response = route.fetch()
+        info = response.json()
+        for key, value in changes.items():
+            if value is REMOVED:
+                info.pop(key, None)
+            else:
+                info[key] = value
+        route.fulfill(response=response, json=info)
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.route(f"{served_url}/model_info", patch)
+    if health_at:
+        context.route(f"{health_at}/health", lambda route: route.fulfill(status=200, body="OK"))
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_page(page, served_url)
+    return context, page, errors
+
+
+@needs_chromium
+def test_building_blocks_follow_model_info(browser, served_url):
+    context, page, errors = open_with_model_info(browser, served_url, kernels=["sharpen", "blur"])
+    try:
+        assert block_rows(page) == [["sharpen", "Sharpen"], ["blur", "Blur"]]
+        before = settled(page)
+        draw_stroke(page, SEVEN)
+        assert wait_for_results(page, before) == "done", page.locator("#status").inner_text()
+        steps = loaded(page, ".block-row img")
+        assert len(steps) == 8 and all(w > 0 for w in steps)
+    finally:
+        context.close()
+    assert not errors
+
+
+@pytest.fixture
+def mlflow_ui():
+    """A stand-in MLflow UI on a free local port: answers /health, records what was asked."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_chromium
+def test_model_card_links_the_run_to_run_url(browser, served_url, mlflow_ui):
+    base, asked = mlflow_ui
+    info = model_info(served_url)
+    run_id = info["run_id"]
+    assert run_id, "the test model has no MLflow run"
+    run_url = f"{base}/#/experiments/7/runs/{run_id}"
+    context, page, errors = open_with_model_info(browser, served_url, run_url=run_url)
+    try:
+        link = page.locator("#model-card a", has_text=run_id)
+        link.wait_for()
+        assert link.get_attribute("href") == run_url
+        assert link.locator("code").inner_text() == run_id
+        assert "/health" in asked
+        assert page.locator("#model-card .note").count() == 0
+    finally:
+        context.close()
+    assert not errors
+
+
+@needs_chromium
+def test_model_card_links_the_run_to_the_services_run_url(browser, served_url):
+    """The service's own run_url, its MLflow UI standing in as answering /health."""
+    info = model_info(served_url)
+    if not info.get("run_url"):
+        pytest.skip("the served model has no run_url")
+    run_url = info["run_url"]
+    origin = re.match(r"https?://[^/#?]+", run_url).group(0)
+    context, page, errors = open_with_model_info(browser, served_url, health_at=origin)
+    try:
+        link = page.locator("#model-card a", has_text=info["run_id"])
+        link.wait_for()
+        assert link.get_attribute("href") == run_url
+    finally:
+        context.close()
+    assert not errors
+
+
+@needs_chromium
+@pytest.mark.parametrize("case", ["missing", "null", "unreachable", "not-http"])
+def test_model_card_shows_the_run_id_as_text_without_a_reachable_run_url(browser, served_url, case):
+    run_id = model_info(served_url)["run_id"]
+    assert run_id, "the test model has no MLflow run"
+    run_url = {
+        "missing": REMOVED,  # the service before it returned run_url
+        "null": None,  # no MLflow UI known for the run
+        "unreachable": f"http://127.0.0.1:{free_port()}/#/runs/{run_id}",
+        "not-http": "javascript:alert(1)",
+    }[case]
+    context, page, errors = open_with_model_info(browser, served_url, run_url=run_url)
+    try:
+        if case == "unreachable":
+            note = page.locator("#model-card .note")
+            note.wait_for()
+            assert "not reachable" in note.inner_text()
+        else:
+            assert page.locator("#model-card .note").count() == 0
+        assert page.locator("#model-card code", has_text=run_id).inner_text() == run_id
+        assert page.locator("#model-card a").count() == 0
+    finally:
+        context.close()
+    assert not errors
 
 
 @needs_chromium
