@@ -34,7 +34,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import REPO, merge_results, parser, print_json
-from benchmarks.serving import Server, free_port, scenario, write_bodies
+from benchmarks.serving import Server, scenario, write_bodies
+from tests.harness import free_port
 
 FROZEN = "        gc.collect()\n        gc.freeze()\n"
 # Blocked imports: uvicorn falls back to asyncio and h11.
@@ -82,11 +83,9 @@ def variant_folder(name: str, root: Path) -> tuple[Path | None, str | None]:
 
 
 class VariantServer(Server):
-    """`bentoml serve` of a patched copy (make serve would serve the repo's own)."""
+    """`bentoml serve` of a patched copy (make serve would serve the repo's own), started."""
 
     def __init__(self, folder: Path, home: Path, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = folder / "serve.log"
         env = {
             **os.environ,
             "BENTOML_HOME": str(home),
@@ -105,7 +104,11 @@ class VariantServer(Server):
             "--port",
             str(port),
         ]
-        self.start(command, folder, env)
+        url = f"http://127.0.0.1:{port}"
+        super().__init__(
+            "bentoml serve", url, command, cwd=folder, env=env, log=folder / "serve.log"
+        )
+        self.start()
 
 
 def measure(folder: Path, home: Path, bodies, seconds: float, repeats: int) -> dict:

@@ -16,12 +16,9 @@ memory of every serving process once a second under load and reports its growth.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +35,7 @@ from benchmarks.common import (
     process_tree,
     rss_mib,
 )
+from tests.harness import ServerProcess, digit_png, free_port, mnist_test_set
 
 WRK_SCRIPT = REPO / "benchmarks" / "wrk" / "post.lua"
 READY_TIMEOUT_S = 240
@@ -45,28 +43,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRAIN_S = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --- request bodies --------------------------------------------------------------------------
-
-
-def mnist_digits(n: int):
-    """The first n official test digits, uint8 (n, 28, 28)."""
-    from torchvision.datasets import MNIST
-
-    return MNIST(data_root(), train=False, download=False).data[:n].numpy()
-
-
-def png_bytes(digit) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(digit).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def multipart(file_field: str, filename: str, content: bytes, **fields: str) -> tuple[bytes, str]:
@@ -87,8 +64,8 @@ def multipart(file_field: str, filename: str, content: bytes, **fields: str) -> 
 
 
 def write_bodies(folder: Path) -> dict[str, tuple[Path, str]]:
-    digits = mnist_digits(64)
-    png = png_bytes(digits[0])
+    digits = mnist_test_set(data_root())[0][:64]  # the first 64 official test digits
+    png = digit_png(0, data_root())
     bodies = {
         "predict": multipart("image", "digit.png", png),
         "feature_maps": multipart("image", "digit.png", png, layer="conv1", format="png"),
@@ -106,52 +83,21 @@ def write_bodies(folder: Path) -> dict[str, tuple[Path, str]]:
 # --- the server ------------------------------------------------------------------------------
 
 
-class Server:
-    """`make serve` in its own session, so the whole process group stops together."""
+class Server(ServerProcess):
+    """A server on `url` (its own process group, stopped together), with the /proc figures
+    of its serving processes; `ready_s` is the time from start to `/readyz` answering."""
 
-    def __init__(self, tracking_uri: str, home: Path, port: int, log: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        command = [
-            "make",
-            "--no-print-directory",
-            "serve",
-            "HOST=127.0.0.1",
-            f"PORT={port}",
-            f"BENTOML_HOME={home}",
-            f"MLFLOW_TRACKING_URI={tracking_uri}",
-        ]
-        env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
-        self.start(command, REPO, env)
-
-    def start(self, command: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.started = time.monotonic()
-        self.ready_s: float | None = None
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"make serve exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.ready_s = round(time.monotonic() - self.started, 1)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"not ready after {READY_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
+    def __init__(self, name: str, url: str, command: list[str], *, cwd: Path, env: dict, log: Path):
+        super().__init__(
+            command,
+            log=log,
+            ready_url=f"{url}/readyz",
+            env=env,
+            cwd=cwd,
+            timeout_s=READY_TIMEOUT_S,
+            name=name,
+        )
+        self.url = url
 
     def serving_pids(self) -> list[int]:
         """The Python processes of the server: BentoML's arbiter and its workers."""
@@ -192,15 +138,21 @@ class Server:
     def rss(self) -> dict[str, float]:
         return {str(pid): rss_mib(pid) for pid in self.serving_pids()}
 
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+
+def make_serve(tracking_uri: str, home: Path, port: int, log: Path) -> Server:
+    """`make serve` of the repo's service on the champion of `tracking_uri`, started."""
+    command = [
+        "make",
+        "--no-print-directory",
+        "serve",
+        "HOST=127.0.0.1",
+        f"PORT={port}",
+        f"BENTOML_HOME={home}",
+        f"MLFLOW_TRACKING_URI={tracking_uri}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
+    url = f"http://127.0.0.1:{port}"
+    return Server("make serve", url, command, cwd=REPO, env=env, log=log).start()
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -336,11 +288,11 @@ def run(
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
     bodies = write_bodies(workdir)
-    server = Server(tracking_uri, workdir / "bentoml", free_port(), workdir / "serve.log")
+    server = make_serve(tracking_uri, workdir / "bentoml", free_port(), workdir / "serve.log")
     try:
         server.wait_ready()
         result: dict = {
-            "ready_after_s": server.ready_s,
+            "ready_after_s": round(server.ready_s, 1),
             "workers": len(server.worker_pids()),
             "rss_after_start_mib": server.rss(),
             "scenarios": {},

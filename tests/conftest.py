@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import mnist_dir
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "convlens-mnist"
-
-
-def mnist_dir() -> Path:
-    return Path(os.environ.get("CONVLENS_DATA_DIR", REPO / "data")).resolve()
 
 
 @pytest.fixture(scope="session")

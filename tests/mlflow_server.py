@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.harness import ServerProcess, free_port
 
 
 class MlflowServer:
-    """`mlflow server` with a sqlite backend and proxied artifacts under `folder`."""
+    """`mlflow server` with a sqlite backend and proxied artifacts under `folder`.
+
+    It keeps its port across `stop` and `start`, so that clients configured with `uri` find
+    it again when it comes back; its log (`folder/server.log`) accumulates every start."""
 
     def __init__(self, folder: Path, backend_uri: str | None = None, port: int | None = None):
         self.folder = Path(folder)
         self.port = port or free_port()
         self.backend_uri = backend_uri or f"sqlite:///{self.folder}/server.db"
-        self.process: subprocess.Popen | None = None
+        self.server: ServerProcess | None = None
 
     @property
     def uri(self) -> str:
@@ -34,16 +27,14 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 120) -> MlflowServer:
         mlflow = Path(sys.executable).parent / "mlflow"
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        log = open(self.folder / "server.log", "a")  # noqa: SIM115 - the server outlives this call
-        self.process = subprocess.Popen(
+        self.server = ServerProcess(
             [
-                str(mlflow),
+                mlflow,
                 "server",
                 "--backend-store-uri",
                 self.backend_uri,
                 "--artifacts-destination",
-                str(self.folder / "artifacts"),
+                self.folder / "artifacts",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -51,28 +42,18 @@ class MlflowServer:
                 "--workers",
                 "1",
             ],  # fmt: skip
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log=self.folder / "server.log",
+            append_log=True,
+            ready_url=f"{self.uri}/health",
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            timeout_s=timeout_s,
+            name="mlflow server",
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(
-            f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}"
-        )
+        self.server.__enter__()  # started and answering, or stopped and raising ServerError
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
+        """Killed (SIGKILL to its process group), not shut down: to its clients, an outage."""
+        if self.server is not None:
+            self.server.stop(grace_s=0)
+        self.server = None

@@ -14,20 +14,17 @@ short-lived one (e.g. on a broken model store), and `worker_rss` reads its worke
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import MODEL_NAME, REPO, TrainedStore
+from tests.harness import ServerError, ServerProcess, free_port
 
 BENTO_NAME = "convlens"
 SERVICE = "serving.service:ConvLens"
@@ -130,73 +127,49 @@ def packaged(trained: TrainedStore, tmp_path_factory) -> Packaged:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def fail_on(error: ServerError) -> None:
+    """A server that does not come up fails the fixture as a test failure, with its log."""
+    pytest.fail(str(error))
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-4000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"bentoml serve not ready after {READY_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM lets BentoML's process manager stop its workers; SIGKILL only if it hangs."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def start_server(home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, Server]:
+def start_server(home: Path, log: Path, **env: str) -> tuple[ServerProcess, Server]:
     """`bentoml serve` (one worker) on the BentoML home `home`, on a free local port; not
     waited for: pair with `wait_until_ready` or `wait_until_answering`, and `stop`."""
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=bentoml_env(home, CONVLENS_WORKERS="1", **env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return process, Server(f"http://127.0.0.1:{port}", log, process.pid)
+    url = f"http://127.0.0.1:{port}"
+    process = ServerProcess(
+        command,
+        log=log,
+        ready_url=f"{url}/readyz",
+        env=bentoml_env(home, CONVLENS_WORKERS="1", **env),
+        cwd=REPO,
+        timeout_s=READY_TIMEOUT_S,
+        name="bentoml serve",
+    ).start()
+    return process, Server(url, log, process.pid)
 
 
-def wait_until_answering(server: Server, process: subprocess.Popen) -> None:
+def wait_until_ready(process: ServerProcess) -> None:
+    """Until `/readyz` answers 200: the model is loaded and requests will be served."""
+    try:
+        process.wait_ready()
+    except ServerError as error:
+        fail_on(error)
+
+
+def wait_until_answering(server: Server, process: ServerProcess) -> None:
     """Until `/livez` answers: the workers are up, ready to serve or not."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"bentoml serve exited with {process.returncode}:\n{server.log.read_text()[-4000:]}"
-            )
-        try:
-            if httpx.get(f"{server.url}/livez", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"bentoml serve not up after {READY_TIMEOUT_S}s:\n{server.log.read_text()[-4000:]}")
+    try:
+        process.wait_ready(f"{server.url}/livez")
+    except ServerError as error:
+        fail_on(error)
+
+
+def stop(process: ServerProcess) -> None:
+    """SIGTERM lets BentoML's process manager stop its workers; SIGKILL only if it hangs."""
+    process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +178,7 @@ def served_server(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
     process, server = start_server(packaged.bentoml_home, log, CONVLENS_MODEL=packaged.model_tag)
     try:
-        wait_until_ready(server.url, process, log)
+        wait_until_ready(process)
         yield server
     finally:
         stop(process)

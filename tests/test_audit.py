@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.harness import free_port
 
 
 def make_audit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`make audit` without its `install` prerequisite, through a proxy that refuses every
     connection: the vulnerability source is unreachable, whatever the network allows."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed once the block ends
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "HTTPS_PROXY": dead, "https_proxy": dead, "NO_PROXY": "", "no_proxy": ""}
     return subprocess.run(
         ["make", "--no-print-directory", "-o", "install", "audit", *args],

@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import MODEL_NAME, REPO, run_train, spawn_train
-from tests.mlflow_server import MlflowServer, free_port
+from tests.harness import free_port
+from tests.mlflow_server import MlflowServer
 
 OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "120"))
 # Many short epochs, bounded by time rather than count, so training outlasts the outage

@@ -23,7 +23,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import MODEL_NAME
-from tests.mlflow_server import MlflowServer, free_port
+from tests.harness import free_port
+from tests.mlflow_server import MlflowServer
 from tests.test_pipelines import run_module
 
 PG_USER, PG_PASSWORD, PG_DB = "mlflow", "test-only-password", "mlflow"
