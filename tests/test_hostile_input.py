@@ -28,6 +28,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO
+from tests.harness import digit_png
 from tests.serving_fixtures import Server, worker_rss
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -64,12 +65,6 @@ def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
 
 def upload(data: bytes, name: str = "digit.png") -> dict:
     return {"files": {"image": (name, data, "application/octet-stream")}}
-
-
-def digit_png() -> bytes:
-    digit = np.zeros((28, 28), np.uint8)
-    digit[6:22, 12:16] = 255
-    return encode(Image.fromarray(digit))
 
 
 def assert_still_serving(http: httpx.Client) -> None:

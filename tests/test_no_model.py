@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.harness import digit_png
 from tests.serving_fixtures import (
     Packaged,
     Server,
@@ -90,15 +90,7 @@ def test_readyz_is_503_with_the_reason_and_livez_stays_200(broken, case):
 
 
 def digit_upload() -> dict:
-    import io
-
-    from PIL import Image
-
-    digit = np.zeros((28, 28), np.uint8)
-    digit[6:22, 12:16] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(digit).save(buffer, format="PNG")
-    return {"files": {"image": ("d.png", buffer.getvalue(), "image/png")}}
+    return {"files": {"image": ("d.png", digit_png(), "image/png")}}
 
 
 API_REQUESTS = {

@@ -12,14 +12,14 @@ another kind, and /livez and /readyz answer throughout.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
 from collections import Counter
 
 import httpx
 import numpy as np
-from PIL import Image
+
+from tests.harness import digit_png
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -29,7 +29,8 @@ PROBE_EVERY_S = 0.25
 
 
 def test_concurrency_limit_is_workers_times_threads_times_queue():
-    from serving.service import CONFIG, ConvLens, ServingConfig
+    from serving.service import ConvLens
+    from serving.settings import CONFIG, ServingConfig
 
     for workers in ("1", "3"):
         config = ServingConfig.load(env={"CONVLENS_WORKERS": workers})
@@ -41,14 +42,6 @@ def test_concurrency_limit_is_workers_times_threads_times_queue():
     traffic = ConvLens.config["traffic"]
     assert traffic["max_concurrency"] == CONFIG.max_concurrency
     assert traffic["timeout"] == CONFIG.timeout_s
-
-
-def digit_png() -> bytes:
-    digit = np.zeros((28, 28), np.uint8)
-    digit[6:22, 12:16] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(digit).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:

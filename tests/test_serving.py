@@ -369,7 +369,7 @@ def test_bentoml_health_metrics_and_docs_stay_available(client):
 
 def test_a_lone_client_keeps_its_keep_alive_connection(served):
     """One request at a time: the worker has nothing to hand over, so it never closes."""
-    from serving.service import CONFIG
+    from serving.settings import CONFIG
 
     with httpx.Client(base_url=served, timeout=30) as http:
         closing = [
@@ -382,7 +382,7 @@ def test_a_lone_client_keeps_its_keep_alive_connection(served):
 def test_a_busy_worker_closes_some_connections_so_clients_spread(served, confident):
     """8 clients at once on the one worker of the test server: some answers close their
     connection (every Nth while others wait), and every request is still answered."""
-    from serving.service import CONFIG
+    from serving.settings import CONFIG
 
     body = encode(Image.fromarray(confident[0][0]))
 
@@ -561,7 +561,7 @@ def test_client_errors_are_logged_without_a_traceback(client, served_server):
 
 
 def test_service_refuses_weights_that_do_not_match_the_registered_digest(packaged, tmp_path):
-    from serving.service import load_model
+    from serving.loading import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(packaged.model_dir, folder)
@@ -574,7 +574,7 @@ def test_service_refuses_weights_that_do_not_match_the_registered_digest(package
 
 
 def test_service_rebuilds_the_registered_network_from_safetensors(packaged, reference):
-    from serving.service import load_model
+    from serving.loading import load_model
 
     loaded = load_model(packaged.model_dir, packaged.model_labels, packaged.model_tag)
     assert loaded.version == packaged.model_labels["mlflow_version"]

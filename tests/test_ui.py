@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.harness import mnist_test_set
 from tests.ui_screenshot import (
     CHROMIUM,
     SAMPLES_DIR,
@@ -25,7 +26,6 @@ from tests.ui_screenshot import (
     digit_png,
     draw_stroke,
     launch,
-    mnist_test_images,
     open_page,
     settled,
     take_screenshot,
@@ -48,7 +48,7 @@ UPLOAD_INDEX = 1234  # an MNIST test image that is not one of the page's samples
 
 
 def test_samples_are_the_first_mnist_test_image_of_each_digit(mnist_root):
-    images, labels = mnist_test_images(mnist_root)
+    images, labels = mnist_test_set(mnist_root)
     manifest = json.loads((SAMPLES_DIR / "index.json").read_text())
     samples = manifest["samples"]
     assert [s["label"] for s in samples] == list(range(10))
@@ -237,7 +237,7 @@ def test_drawing_a_digit_shows_prediction_and_every_layer(page, served_url):
 def test_uploaded_mnist_digit_gets_the_same_label_as_predict(
     page, served_url, mnist_root, tmp_path
 ):
-    images, _ = mnist_test_images(mnist_root)
+    images, _ = mnist_test_set(mnist_root)
     path = tmp_path / f"mnist-test-{UPLOAD_INDEX}.png"
     path.write_bytes(digit_png(images[UPLOAD_INDEX]))
     response = httpx.post(

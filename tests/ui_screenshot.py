@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.harness import mnist_test_set
+
 REPO = Path(__file__).resolve().parents[1]
 UI_DIR = REPO / "serving" / "ui"
 SAMPLES_DIR = UI_DIR / "samples"
@@ -45,14 +47,6 @@ def launch(playwright):
 # ------------------------------------------------------------------ MNIST test digits
 
 
-def mnist_test_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The official 10k test images (uint8 N x 28 x 28) and labels, read straight from idx."""
-    raw = Path(data_dir) / "MNIST" / "raw"
-    images = np.fromfile(raw / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16)
-    labels = np.fromfile(raw / "t10k-labels-idx1-ubyte", dtype=np.uint8, offset=8)
-    return images.reshape(-1, 28, 28), labels
-
-
 def digit_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image, mode="L").save(buffer, "PNG", optimize=True)
@@ -61,7 +55,7 @@ def digit_png(image: np.ndarray) -> bytes:
 
 def write_samples(data_dir: Path, out_dir: Path = SAMPLES_DIR) -> list[dict]:
     """The first test image of each digit as a 28x28 PNG, plus `index.json` for the page."""
-    images, labels = mnist_test_images(data_dir)
+    images, labels = mnist_test_set(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     for digit in range(10):
