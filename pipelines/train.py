@@ -102,6 +102,21 @@ def main(cfg: DictConfig) -> float | None:
             found.policy,
         )
     report(result, found, registration)
+    from convlens.run_record import model_facts, run_description, set_run_description
+    from convlens.store import open_store
+
+    channels, parameters = model_facts(cfg.model)
+    decision = registration.decision if registration else None
+    description = run_description(
+        conv_channels=channels,
+        parameters=parameters,
+        epochs=cfg.trainer.max_epochs,
+        test_acc=result.test_acc,
+        version=registration.version.version if registration else None,
+        promoted=decision.promoted if decision else None,
+        reason=decision.reason if decision else None,
+    )
+    set_run_description(open_store(found.tracking_uri), result.run_id, description)
     return result.val_acc_best
 
 

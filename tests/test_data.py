@@ -34,6 +34,31 @@ def test_subset_limits_only_the_training_split(mnist_root):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1000, 5_000, 10_000)
 
 
+def test_split_recipes_count_the_examples_setup_gives(mnist_root):
+    dm = datamodule(mnist_root, subset=3000, val_subset=700, test_subset=900)
+    examples = {split: recipe["examples"] for split, recipe in dm.split_recipes().items()}
+    sizes = {"train": len(dm.train_set), "validation": len(dm.val_set), "test": len(dm.test_set)}
+    assert examples == sizes == {"train": 3000, "validation": 700, "test": 900}
+
+
+def test_dataset_digests_change_with_what_picks_each_splits_examples(mnist_root):
+    from convlens.run_record import dataset_digests
+
+    base = {"_target_": "convlens.data.MNISTDataModule", "root": str(mnist_root), "subset": 2000}
+    digests = dataset_digests(base)
+
+    def changed(**overrides) -> set[str]:
+        other = dataset_digests({**base, **overrides})
+        return {split for split, digest in other.items() if digest != digests[split]}
+
+    assert set(digests) == {"train", "validation", "test"}
+    assert changed(subset=500) == changed(augment=True) == {"train"}
+    assert changed(val_subset=100) == {"validation"}
+    assert changed(test_subset=100) == {"test"}
+    assert changed(split_seed=7) == changed(val_size=1000) == {"train", "validation"}
+    assert changed(batch_size=32, eval_batch_size=10, num_workers=2, download=False) == set()
+
+
 def test_batches_come_out_normalized_nchw(mnist_root):
     dm = datamodule(mnist_root, batch_size=32)
     images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)

@@ -1,6 +1,7 @@
 """One short real training run: what lands in MLflow and the registry."""
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -75,11 +76,72 @@ def test_test_accuracy_is_far_above_chance(run):
     assert run.data.metrics["test/acc"] > 0.6
 
 
-def test_resolved_config_is_logged_as_flat_params(run):
+def test_params_are_a_few_short_values_that_tell_runs_apart(run):
+    """MLflow prints every param above each image on the run page: the whole flattened
+    config (~107 params, some long JSON) hid the images. config.yaml holds all of it."""
     params = run.data.params
-    assert float(params["optimizer.lr"]) == pytest.approx(3e-3)
-    assert params["trainer.max_epochs"] == "1"
-    assert params["data.subset"] == "2000"
+    assert len(params) <= 20, sorted(params)
+    assert all(len(key) <= 40 and len(value) <= 40 for key, value in params.items()), params
+    assert float(params["lr"]) == pytest.approx(3e-3)
+    assert params["batch_size"] == "64"
+    assert params["epochs"] == "1"
+    assert params["subset"] == "2000"
+    assert params["optimizer"] == "Adam"
+    assert params["conv"] == "32,64"
+
+
+def test_run_params_come_from_the_config_as_short_values():
+    from convlens.config import compose
+    from convlens.run_record import run_params
+
+    params = run_params(compose(["optimizer=sgd", "scheduler=none", "model=keras_example"]))
+    assert (params["optimizer"], params["scheduler"], params["conv"]) == ("SGD", "none", "32,64,64")
+    assert "strategy" not in params  # only DDP configs have one
+    assert run_params(compose(["trainer=ddp"]))["strategy"] == "ddp"
+
+
+def recorded_datasets(run) -> dict[str, mlflow.entities.Dataset]:
+    """The run's dataset inputs by their context tag."""
+    return {
+        {tag.key: tag.value for tag in item.tags}.get("mlflow.data.context"): item.dataset
+        for item in run.inputs.dataset_inputs
+    }
+
+
+def test_each_split_is_a_dataset_input_with_its_context_and_size(run, mnist_root):
+    datasets = recorded_datasets(run)
+    assert set(datasets) == {"training", "validation", "testing"}
+    sizes = {c: json.loads(d.profile)["num_examples"] for c, d in datasets.items()}
+    assert sizes == {"training": 2000, "validation": 1000, "testing": 2000}
+    for dataset in datasets.values():
+        assert re.fullmatch(r"[0-9a-f]{8}", dataset.digest)
+        assert json.loads(dataset.source) == {"uri": str(mnist_root / "MNIST" / "raw")}
+    assert len({d.digest for d in datasets.values()}) == 3
+
+
+def test_train_digest_is_the_configs_and_changes_with_the_subset(client, trained, run, tmp_path):
+    from omegaconf import OmegaConf
+
+    from convlens.run_record import dataset_digests
+
+    data = OmegaConf.load(client.download_artifacts(trained.run_id, "config.yaml", str(tmp_path)))
+    digests = dataset_digests(data.data)
+    recorded = {context: d.digest for context, d in recorded_datasets(run).items()}
+    assert recorded == {
+        "training": digests["train"],
+        "validation": digests["validation"],
+        "testing": digests["test"],
+    }
+    smaller = dataset_digests(OmegaConf.merge(data.data, {"subset": 500}))
+    assert smaller["train"] != digests["train"]
+    assert (smaller["validation"], smaller["test"]) == (digests["validation"], digests["test"])
+
+
+def test_run_description_gives_model_accuracy_and_promotion(run):
+    note = run.data.tags["mlflow.note.content"]
+    assert f"{run.data.metrics['test/acc']:.4f}" in note
+    assert "32,64" in note and "225,034 parameters" in note and "1 epoch" in note
+    assert "promoted to champion (first model)" in note
 
 
 def test_resolved_config_is_logged_as_yaml(client, trained, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningDataModule
@@ -14,6 +17,23 @@ from convlens.preprocessing import normalize
 
 class DataError(UserError):
     """The dataset cannot be found or fetched; the message says where and how to fix it."""
+
+
+RAW_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def raw_folder(root: str | Path) -> Path:
+    """Where torchvision's MNIST keeps the idx files: `<root>/MNIST/raw`."""
+    return Path(root) / "MNIST" / "raw"
+
+
+def idx_length(path: Path) -> int:
+    """How many items an idx file holds, read from its header (bytes 4-7, big-endian)."""
+    with open(path, "rb") as file:
+        return int.from_bytes(file.read(8)[4:8], "big")
 
 
 class TensorImages(Dataset):
@@ -83,7 +103,9 @@ class MNISTDataModule(LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # Not logged as params: a run's params are chosen in conf (run_params), and its data
+        # is recorded as dataset inputs (convlens.run_record).
+        self.save_hyperparameters(logger=False)
         self.train_set = self.val_set = self.test_set = None
 
     def prepare_data(self) -> None:
@@ -105,6 +127,37 @@ class MNISTDataModule(LightningDataModule):
         if hp.test_subset:
             test_images, test_labels = test_images[: hp.test_subset], test_labels[: hp.test_subset]
         self.test_set = TensorImages(test_images, test_labels)
+
+    def split_recipes(self) -> dict[str, dict[str, Any]]:
+        """Per split, what decides its examples as `setup` picks them: the idx files, the
+        seeded split of the training file, the caps, and (training only) the augmentation,
+        plus how many examples that gives. Batch sizes and workers change how examples are
+        served, not which, so they are left out. Reads only the files' 8-byte headers."""
+        hp = self.hparams
+        raw = raw_folder(hp.root)
+        total = idx_length(raw / RAW_FILES["train"][1])
+        tests = idx_length(raw / RAW_FILES["test"][1])
+        n_val = min(hp.val_size, total)
+        n_train = total - n_val
+        split = {"files": RAW_FILES["train"], "split_seed": hp.split_seed, "val_size": hp.val_size}
+        return {
+            "train": {
+                **split,
+                "subset": hp.subset or None,
+                "augment": bool(hp.augment),
+                "examples": min(hp.subset or n_train, n_train),
+            },
+            "validation": {
+                **split,
+                "val_subset": hp.val_subset or None,
+                "examples": min(hp.val_subset or n_val, n_val),
+            },
+            "test": {
+                "files": RAW_FILES["test"],
+                "test_subset": hp.test_subset or None,
+                "examples": min(hp.test_subset or tests, tests),
+            },
+        }
 
     def _per_device(self, batch_size: int) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1

@@ -25,12 +25,14 @@ class Classifier(LightningModule):
     ):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
+        # Not logged as params: the run params are chosen in conf (run_params in train.yaml).
         self.save_hyperparameters(
             {
                 "architecture": net.architecture,
                 "scheduler_interval": scheduler_interval,
                 "channels_last": channels_last,
-            }
+            },
+            logger=False,
         )
         self.net = net
         self.optimizer_factory = optimizer

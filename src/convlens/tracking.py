@@ -61,11 +61,14 @@ def git_commit() -> str | None:
 
 
 def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
-    """The resolved config as flattened params, as `config.yaml`, and the commit as a tag."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger.log_hyperparams(flatten({k: v for k, v in resolved.items() if k != "hydra"}))
+    """What tells the run apart as params (`run_params` in conf/train.yaml), the resolved
+    config as `config.yaml`, each data split as a dataset input, and the commit as a tag."""
+    from convlens.run_record import log_datasets, run_params
+
+    logger.log_hyperparams(run_params(cfg))
     client = logger.experiment
     client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    log_datasets(client, logger.run_id, cfg.data)
     commit = git_commit()
     if commit:
         client.set_tag(logger.run_id, "mlflow.source.git.commit", commit)
