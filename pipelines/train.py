@@ -87,13 +87,15 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(TEMPFAIL)  # trained, but tracking is incomplete until uploaded
+    from convlens.registry import register_and_promote
+    from convlens.run_record import describe_run
+    from convlens.store import client
+
+    store = client(found.tracking_uri)
     registration = None
     if found.registry_enabled:
-        from convlens.registry import register_and_promote
-        from convlens.store import client
-
         registration = register_and_promote(
-            client(found.tracking_uri),
+            store,
             found.model_name,
             result.run_id,
             result.model_uri,
@@ -101,22 +103,8 @@ def main(cfg: DictConfig) -> float | None:
             result.weights_sha256,
             found.policy,
         )
+    describe_run(store, cfg, result.run_id, result.epochs, result.test_acc, registration)
     report(result, found, registration)
-    from convlens.run_record import model_facts, run_description, set_run_description
-    from convlens.store import open_store
-
-    channels, parameters = model_facts(cfg.model)
-    decision = registration.decision if registration else None
-    description = run_description(
-        conv_channels=channels,
-        parameters=parameters,
-        epochs=cfg.trainer.max_epochs,
-        test_acc=result.test_acc,
-        version=registration.version.version if registration else None,
-        promoted=decision.promoted if decision else None,
-        reason=decision.reason if decision else None,
-    )
-    set_run_description(open_store(found.tracking_uri), result.run_id, description)
     return result.val_acc_best
 
 

@@ -20,7 +20,7 @@ def test_multirun_gives_each_job_its_own_mlflow_run(tmp_path, mnist_root):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("convlens-mnist")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(float(r.data.params["optimizer.lr"]) for r in runs) == [3e-4, 1e-3]
+    assert sorted(float(r.data.params["lr"]) for r in runs) == [3e-4, 1e-3]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 

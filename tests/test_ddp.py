@@ -49,5 +49,5 @@ def test_two_process_ddp_registers_one_version(ddp_store):
 def test_two_process_ddp_uses_both_processes(ddp_store):
     client, _ = ddp_store
     run = runs(client)[0]
-    assert run.data.params["trainer.devices"] == "2"
-    assert run.data.params["trainer.strategy"] == "ddp"
+    assert run.data.params["devices"] == "2"
+    assert run.data.params["strategy"] == "ddp"

@@ -210,7 +210,7 @@ def test_every_trial_is_a_run_tagged_with_one_sweep_id(sweep):
 
 def test_trials_try_different_hyperparameters(sweep):
     _, _, runs = sweep
-    keys = ["optimizer.lr", "data.batch_size"]
+    keys = ["lr", "batch_size"]
     assert len({tuple(run.data.params[k] for k in keys) for run in runs}) == 2
 
 

@@ -1,6 +1,7 @@
 """Grids of filters and feature maps."""
 
 import numpy as np
+import pytest
 
 from convlens.visuals import colormap, feature_map_grid, filter_grid, grid
 
@@ -32,3 +33,25 @@ def test_flat_maps_render_without_dividing_by_zero():
 
 def test_colormap_is_a_256_entry_rgb_table():
     assert colormap().shape == (256, 3)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (feature_map_grid, (32, 26, 26)),
+        (feature_map_grid, (64, 11, 11)),
+        (filter_grid, (32, 1, 3, 3)),
+        (filter_grid, (64, 32, 3, 3)),
+    ],
+)
+def test_wide_grids_are_about_four_times_as_wide_as_tall(make, shape):
+    """What MLflow's image cards show whole under the run's params (tests/test_mlflow_ui.py)."""
+    width, height = make(np.random.rand(*shape).astype(np.float32), wide=True).size
+    assert width >= 3.9 * height  # 16 x 4 tiles and their padding
+
+
+def test_wide_filter_grid_shows_every_kernel():
+    weights = np.random.randn(64, 32, 3, 3).astype(np.float32)
+    width, height = filter_grid(weights, wide=True).size
+    tile = 3 * 4 + 1  # 3x3 kernels enlarged 4x, 1 px apart
+    assert ((width - 1) // tile) * ((height - 1) // tile) == 64 * 32

@@ -29,8 +29,9 @@ class MLflowVisuals(Callback):
     step slider shows the filters and feature maps taking shape.
     """
 
-    def __init__(self, layers: list[str] | None = None):
+    def __init__(self, layers: list[str] | None = None, wide: bool = True):
         self.layers = layers
+        self.wide = wide  # grids shaped to show whole in MLflow's image cards (`visuals`)
         self.digits: torch.Tensor | None = None
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
@@ -50,9 +51,9 @@ class MLflowVisuals(Callback):
         net.train(was_training)
         for layer in layers:
             weights = getattr(net, layer).weight.detach().cpu().float().numpy()
-            logger.log_image(filter_grid(weights), key=f"filters/{layer}", step=step)
+            logger.log_image(filter_grid(weights, self.wide), key=f"filters/{layer}", step=step)
             for digit in range(10):
-                grid = feature_map_grid(maps[layer][digit].cpu().float().numpy())
+                grid = feature_map_grid(maps[layer][digit].cpu().float().numpy(), self.wide)
                 key = f"feature_maps/{layer}/digit_{digit}"
                 logger.log_image(grid, key=key, step=step)
 

@@ -31,6 +31,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     from convlens.evaluation import evaluate_run
     from convlens.packaging import PackageError, package
     from convlens.registry import outcome, register_and_promote
+    from convlens.run_record import describe_run
     from convlens.store import client, record
     from convlens.training import train
 
@@ -56,6 +57,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     )
 
     if not found.registry_enabled:
+        describe_run(store, cfg, result.run_id, result.epochs, evaluation.test_acc, None)
         say(3, "register", "skipped: registry.enabled=false")
         say(4, "promote", "skipped: nothing registered")
         say(5, "package", "skipped: nothing registered")
@@ -80,6 +82,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         version=registration.version,
     )
     say(4, "promote", outcome(decision))
+    describe_run(store, cfg, result.run_id, result.epochs, evaluation.test_acc, registration)
 
     if not decision.promoted:
         say(5, "package", "nothing to do: the champion did not change, no new Bento")

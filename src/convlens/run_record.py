@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
 from mlflow import MlflowClient
@@ -26,6 +25,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from convlens.data import raw_folder
+
+if TYPE_CHECKING:
+    from convlens.registry import Registration
 
 MAX_PARAM_CHARS = 40  # longer values are cut; config.yaml holds them whole
 CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
@@ -71,38 +73,13 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
 # ------------------------------------------------------------------ datasets
 
 
-def _cache_file() -> Path:
-    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(home, "convlens", "sha256.json")
-
-
 def file_sha256(paths: list[Path]) -> dict[str, str]:
-    """sha256 of each file, by name, remembered per (path, size, mtime) across runs.
-
-    Hashing the 55 MB of MNIST takes a tenth of a second to seconds; a run pays it once per
-    changed file, then reads the cache. An unwritable cache only costs the hashing."""
-    cache_file = _cache_file()
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    sums, changed = {}, False
+    """sha256 of each file, by name: what the split's examples are, whoever copied them where
+    (the 55 MB of MNIST hash in a fraction of a second)."""
+    sums = {}
     for path in paths:
-        stat = path.stat()
-        key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
-        if cache.get(key, [None])[:2] != stamp:
-            with path.open("rb") as file:
-                cache[key] = [*stamp, hashlib.file_digest(file, "sha256").hexdigest()]
-            changed = True
-        sums[path.name] = cache[key][2]
-    if changed:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(cache))
-            partial.replace(cache_file)
-        except OSError:
-            pass
+        with path.open("rb") as file:
+            sums[path.name] = hashlib.file_digest(file, "sha256").hexdigest()
     return sums
 
 
@@ -193,3 +170,27 @@ def run_description(
 def set_run_description(client: MlflowClient, run_id: str, text: str) -> None:
     """Show `text` as the run's description on its MLflow page."""
     client.set_tag(run_id, MLFLOW_RUN_NOTE, text)
+
+
+def describe_run(
+    client: MlflowClient,
+    cfg: DictConfig,
+    run_id: str,
+    epochs: int,
+    test_acc: float,
+    registration: Registration | None,
+) -> str:
+    """Write the run's description once training and registration are done; returns it."""
+    channels, parameters = model_facts(cfg.model)
+    decision = registration.decision if registration else None
+    text = run_description(
+        conv_channels=channels,
+        parameters=parameters,
+        epochs=epochs,
+        test_acc=test_acc,
+        version=registration.version.version if registration else None,
+        promoted=decision.promoted if decision else None,
+        reason=decision.reason if decision else None,
+    )
+    set_run_description(client, run_id, text)
+    return text

@@ -7,10 +7,8 @@ only global rank zero writes (other ranks have no run).
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -34,20 +32,6 @@ def local_artifact_location(tracking_uri: str, root_dir: str) -> str | None:
 
 def mlflow_logger(trainer: Trainer) -> BufferedMLFlowLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, BufferedMLFlowLogger)), None)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config to dotted keys, the form MLflow params can be searched by."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
 
 
 def git_commit() -> str | None:

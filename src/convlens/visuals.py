@@ -62,27 +62,41 @@ def grid(
     return Image.fromarray(rgb, mode="RGB")
 
 
-def grid_columns(count: int) -> int:
-    """Columns for a channel grid: 32 channels give the tutorial's 4x8."""
-    return 8 if count >= 8 else count
+WIDE_COLUMNS = 16
 
 
-def feature_map_grid(maps: np.ndarray) -> Image.Image:
-    """All channels (C, H, W) of one image's activations, each scaled on its own."""
-    return grid(maps, grid_columns(len(maps)))
+def grid_columns(count: int, wide: bool = False) -> int:
+    """Columns for a channel grid: 32 channels give the tutorial's 4x8, or 2x16 when `wide`."""
+    return min(count, WIDE_COLUMNS if wide else 8)
 
 
-def filter_grid(weights: np.ndarray) -> Image.Image:
+def feature_map_grid(maps: np.ndarray, wide: bool = False) -> Image.Image:
+    """All channels (C, H, W) of one image's activations, each scaled on its own.
+
+    `wide` lays them out at least four times as wide as tall, the shape MLflow's image cards
+    show whole under the run's params (a square grid would be cut off at the bottom)."""
+    return grid(maps, grid_columns(len(maps), wide))
+
+
+def filter_grid(weights: np.ndarray, wide: bool = False) -> Image.Image:
     """Kernels (out, in, kh, kw) in gray, min-max scaled over the whole layer.
 
     A single-input-channel layer gives the tutorial's grid of kernels; deeper layers show
-    one row per filter and one column per input channel, so nothing is averaged away.
+    one row per filter and one column per input channel, so nothing is averaged away. With
+    `wide`, one column per filter and one row per input channel, the rows folded into blocks
+    side by side (inputs 0-15 | inputs 16-31) until the grid is four times as wide as tall.
     """
     out_channels, in_channels = weights.shape[:2]
     if in_channels == 1:
-        return grid(weights[:, 0], grid_columns(out_channels), cmap=None, per_tile=False)
-    flat = weights.reshape(out_channels * in_channels, *weights.shape[2:])
-    return grid(flat, in_channels, cmap=None, per_tile=False, min_tile_px=12, pad=1)
+        return grid(weights[:, 0], grid_columns(out_channels, wide), cmap=None, per_tile=False)
+    if wide:
+        weights = weights.transpose(1, 0, 2, 3)
+        while weights.shape[1] < 4 * weights.shape[0] and weights.shape[0] % 2 == 0:
+            half = weights.shape[0] // 2
+            weights = np.concatenate([weights[:half], weights[half:]], axis=1)
+    rows, cols = weights.shape[:2]
+    flat = weights.reshape(rows * cols, *weights.shape[2:])
+    return grid(flat, cols, cmap=None, per_tile=False, min_tile_px=12, pad=1)
 
 
 def digit_gallery(
