@@ -58,8 +58,8 @@ up-train: ## the release pipeline in the compose trainer container; ARGS=hydra o
 down: ## docker compose: stop and remove the containers (the volumes stay)
 	$(COMPOSE) --profile train --profile train-gpu down
 
-ui: install ## MLflow UI on the training store at http://127.0.0.1:5000; ARGS="paths.mlflow_ui=http://127.0.0.1:5001"
-	$(RUN) python -m pipelines.ui $(ARGS)
+ui: install ## MLflow UI on the training store at http://127.0.0.1:5000 (UI_PORT=5001 for another)
+	$(RUN) python -m pipelines.ui $(if $(filter command line,$(origin UI_PORT)),paths.mlflow_ui=http://127.0.0.1:$(UI_PORT)) $(ARGS)
 
 package: install ## MLflow @champion into the BentoML store (./bentoml), then build the Bento
 	$(RUN) python -m pipelines.package $(ARGS)
@@ -67,9 +67,8 @@ package: install ## MLflow @champion into the BentoML store (./bentoml), then bu
 serve: install ## serve @champion as it is now at http://HOST:PORT (127.0.0.1:3000); MODEL=name:tag pins one
 	$(RUN) python -m pipelines.serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
-containerize: package ## Docker image convlens:latest from the latest Bento (needs Docker)
-	BENTOML_HOME="$${BENTOML_HOME:-$(CURDIR)/bentoml}" BENTOML_DO_NOT_TRACK=true \
-		$(RUN) bentoml containerize convlens:latest --image-tag convlens:latest
+containerize: install ## Docker image convlens:latest of the champion's Bento (needs Docker)
+	$(RUN) python -m pipelines.package --containerize convlens:latest $(ARGS)
 
 test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNIST folder)
 	$(RUN) pytest

@@ -327,7 +327,10 @@ def run(
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+    """The store `make train` writes to (conf/paths), from this working directory."""
+    from convlens.config import settings
+
+    return settings().tracking_uri
 
 
 def main(argv=None) -> dict:

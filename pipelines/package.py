@@ -17,6 +17,9 @@ from convlens.config import settings
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m pipelines.package", description=__doc__.splitlines()[0])
     parser.add_argument("--no-build", action="store_true", help="only import the model")
+    parser.add_argument(
+        "--containerize", metavar="IMAGE", help="then make the Bento this Docker image"
+    )
     add_overrides(parser)
     args = parser.parse_args(argv)
     found = settings(args.overrides)
@@ -41,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         how = "built" if done.bento_built else "already built"
         print(f"bento      {done.bento_tag} ({how}): `make containerize` makes it a Docker image")
     print("serve it   make serve")
+    if args.containerize and done.bento_tag:
+        import subprocess
+        import sys
+
+        command = [sys.executable, "-m", "bentoml", "containerize", done.bento_tag]
+        return subprocess.call([*command, "--image-tag", args.containerize])
     return 0
 
 

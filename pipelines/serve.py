@@ -22,13 +22,16 @@ from convlens.config import REPO, Settings, settings
 def champion_tag(found: Settings, wait_s: float | None) -> str:
     """The champion's BentoML tag, imported if the store lacks that version; with `wait_s`,
     wait for a first champion instead of failing (compose starts before the first release)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
     from convlens.packaging import package
     from convlens.store import open_store
 
     while True:
         try:
             done = package(open_store(found.tracking_uri), found, build=False)
-        except UserError as error:
+        except (UserError, MlflowException, RequestException) as error:
             if wait_s is None:
                 raise
             print(

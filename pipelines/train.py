@@ -71,7 +71,8 @@ def main(cfg: DictConfig) -> float | None:
     tag_sweep_trial(cfg)
     with errors_as_lines():
         found = Settings.of(cfg)  # a bad promotion policy fails before training
-        check_reachable(found.tracking_uri)  # seconds, before the heavy imports
+        if cfg.get("logger") and "mlflow" in cfg.logger:
+            check_reachable(found.tracking_uri)  # seconds, before the heavy imports
         from convlens.training import train
 
         result = train(cfg)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.artifact import MODEL_ENV
 from convlens.images import FORMATS, MODES, read_image
 from convlens.kernels import KERNELS, convolve2d, max_pool, relu
 from convlens.model import ConvNet, activations, describe
@@ -81,6 +82,8 @@ bentoml_private.apply()
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
     logging={"access": {"enabled": CONFIG.access_log}},
     metrics={"enabled": CONFIG.metrics},
+    # Recorded in the Bento, so a container built from it serves the model it was built with.
+    envs=[{"name": MODEL_ENV, "value": CONFIG.model}],
 )
 class ConvLens:
     """Classify handwritten digits and show what the CNN computes on them."""

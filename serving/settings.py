@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from convlens.artifact import MODEL_ENV
 from convlens.images import ImageLimits
 from serving.bentoml_private import cpu_count
 
@@ -52,7 +53,7 @@ class ServingConfig:
         workers = env.get("CONVLENS_WORKERS") or raw["workers"]
         limits = raw["limits"]
         return cls(
-            model=env.get("CONVLENS_MODEL") or raw["model"],
+            model=env.get(MODEL_ENV) or raw["model"],
             workers=cpu_count() if workers == "cpu_count" else int(workers),
             threads=int(raw["threads"]),
             torch_threads=int(raw["torch_threads"]),

@@ -33,6 +33,9 @@ WEIGHTS_SHA256 = "weights_sha256"
 TEST_ACC = "test_acc"
 
 
+MODEL_ENV = "CONVLENS_MODEL"  # the BentoML model tag the service loads (serving/settings.py)
+
+
 class Label:
     """The labels `make package` puts on a BentoML model and serving reads back."""
 
@@ -50,6 +53,7 @@ __all__ = [
     "FILES",
     "LOGGED_MODEL",
     "Label",
+    "MODEL_ENV",
     "TEST_ACC",
     "WEIGHTS_FILE",
     "WEIGHTS_SHA256",

@@ -38,9 +38,12 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 def message_of(error: BaseException) -> str | None:
     """The one line to print for an error the user can act on; None for a bug."""
     from mlflow.exceptions import MlflowException
+    from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(error, UserError):
         return str(error)
+    if isinstance(error, OmegaConfBaseException):  # e.g. an interpolation that cannot resolve
+        return f"config: {str(error).strip().splitlines()[0]}"
     if isinstance(error, MlflowException):
         return f"MLflow: {error.message.strip().splitlines()[0]}"
     return None

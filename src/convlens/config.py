@@ -52,7 +52,7 @@ class Settings:
         mlflow_cfg = (cfg.get("logger") or {}).get("mlflow") or {}
         return cls(
             tracking_uri=str(mlflow_cfg.get("tracking_uri") or cfg.paths.tracking_uri),
-            experiment=str(mlflow_cfg.get("experiment_name") or "convlens-mnist"),
+            experiment=str(mlflow_cfg.get("experiment_name") or ""),  # "": no MLflow logger
             model_name=str(cfg.registry.name),
             policy=policy,
             registry_enabled=bool(cfg.registry.enabled),
@@ -77,12 +77,16 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        # A sweep's value lists (`make sweep ARGS=...`) choose nothing for one step: left out.
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        single = [override.input_line for override in parsed if not override.is_sweep_override()]
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(CONFIG_NAME, list(overrides), return_hydra_config=True)
+            cfg = hydra_compose(CONFIG_NAME, single, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(" ".join(str(error).split())) from None
     HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.cwd}

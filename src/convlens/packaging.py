@@ -25,6 +25,7 @@ from convlens import UserError
 from convlens.artifact import (
     ARCHITECTURE_FILE,
     FILES,
+    MODEL_ENV,
     TEST_ACC,
     WEIGHTS_FILE,
     WEIGHTS_SHA256,
@@ -39,7 +40,6 @@ from convlens.store import TAG, record, run_page
 BENTOFILE = REPO / "serving" / "bentofile.yaml"
 SERVICE = "serving.service:ConvLens"
 SERVING_GROUP = "serving"  # pyproject.toml's dependency group the Bento installs
-MODEL_ENV = "CONVLENS_MODEL"  # the BentoML model tag the service loads (serving/settings.py)
 
 
 class PackageError(UserError):
@@ -173,13 +173,18 @@ class Packaged:
     bento_built: bool = False
 
 
-def package(client: MlflowClient, settings: Settings, build: bool = True) -> Packaged:
+def package(
+    client: MlflowClient, settings: Settings, build: bool = True, expected: str | None = None
+) -> Packaged:
     """The champion as it is now into the store, then (with `build`) its Bento, unless the
-    version records a Bento that this BentoML home still holds; records what it did."""
+    version records a Bento that this BentoML home still holds; records what it did.
+    `expected`: the version the caller just promoted; refuse if `@champion` moved since."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     champ = find_champion(client, settings)
+    if expected is not None and champ.version != str(expected):
+        raise PackageError(f"@champion moved to v{champ.version} while packaging v{expected}")
     model_tag, imported = import_champion(client, champ)
     if not build:
         return Packaged(champ, model_tag, imported, None)

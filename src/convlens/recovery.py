@@ -1,4 +1,5 @@
-"""Carrying on after a crash: find the run to resume, and checkpoint when asked to stop.
+"""Carrying on after a crash: find the run to resume (`convlens.callbacks.CheckpointOnStop`
+writes the checkpoint when asked to stop).
 
 Each run records where its checkpoints live (`convlens.checkpoint_dir`), so `resume=<run id>`
 or `resume=latest` can pick up the last checkpoint and keep logging into the same MLflow run.

@@ -29,7 +29,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     if not cfg.get("logger") or "mlflow" not in cfg.logger:
         raise UserError("a release needs the MLflow logger: drop the logger override")
     from convlens.evaluation import evaluate_run
-    from convlens.packaging import PackageError, package
+    from convlens.packaging import package
     from convlens.registry import outcome, register_and_promote
     from convlens.run_record import describe_run
     from convlens.store import client, record
@@ -88,10 +88,6 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         say(5, "package", "nothing to do: the champion did not change, no new Bento")
         return
     found.use_bentoml_home()
-    packaged = package(store, found)
-    if packaged.champion.version != str(version):
-        raise PackageError(
-            f"@champion moved to v{packaged.champion.version} while packaging v{version}"
-        )
+    packaged = package(store, found, expected=str(version))
     how = "built" if packaged.bento_built else "already built"
     say(5, "package", f"model {packaged.model_tag}, Bento {packaged.bento_tag} ({how})")
