@@ -68,3 +68,27 @@ def test_tracking_uri_comes_from_the_environment(tmp_path, monkeypatch):
         cfg = compose("train", return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     assert cfg.logger.mlflow.tracking_uri == "http://127.0.0.1:5999"
+
+
+def test_every_step_composes_the_training_config_with_its_overrides(tmp_path, monkeypatch):
+    from convlens.config import settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    found = settings(["registry.name=digits", "logger.mlflow.experiment_name=trial"])
+    assert (found.model_name, found.experiment) == ("digits", "trial")
+    assert found.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_a_sweeps_value_lists_choose_nothing_for_one_step():
+    from convlens.config import settings
+
+    found = settings(["optimizer.lr=1e-3,3e-4", "data.batch_size=choice(32,64)", "seed=7"])
+    assert found.policy == "better"  # composed, the sweep's lists left out
+
+
+def test_an_unknown_promotion_policy_is_refused_once_for_every_step():
+    from convlens.config import ConfigError, settings
+
+    with pytest.raises(ConfigError, match="registry.promote must be one of"):
+        settings(["registry.promote=sometimes"])

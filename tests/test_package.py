@@ -176,3 +176,10 @@ def test_serving_imports_no_training_library(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_bento_records_the_model_it_serves_for_containers(packaged):
+    """A container built from the Bento gets no CONVLENS_MODEL from `make serve`."""
+    bento = yaml.safe_load((packaged.bento_dir / "bento.yaml").read_text())
+    envs = {env["name"]: env["value"] for env in bento["envs"]}
+    assert envs["CONVLENS_MODEL"] == packaged.model_tag
