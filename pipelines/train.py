@@ -91,6 +91,7 @@ def main(cfg: DictConfig) -> float | None:
     from convlens.registry import register_and_promote
     from convlens.run_record import describe_run
     from convlens.store import client
+    from convlens.tracking import model_dir
 
     store = client(found.tracking_uri)
     registration = None
@@ -104,7 +105,8 @@ def main(cfg: DictConfig) -> float | None:
             result.weights_sha256,
             found.policy,
         )
-    describe_run(store, cfg, result.run_id, result.epochs, result.test_acc, registration)
+    model = model_dir(result.final_dir)
+    describe_run(store, result.run_id, model, result.epochs, result.test_acc, registration)
     report(result, found, registration)
     return result.val_acc_best
 

@@ -33,6 +33,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     from convlens.registry import outcome, register_and_promote
     from convlens.run_record import describe_run
     from convlens.store import client, record
+    from convlens.tracking import model_dir
     from convlens.training import train
 
     result = train(cfg)
@@ -46,6 +47,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
             f"python -m pipelines.evaluate --run-id {result.run_id} (and register, package)"
         )
     store = client(found.tracking_uri)
+    model = model_dir(result.final_dir)
     record(store, {"pipeline": "release"}, run_id=result.run_id)
     say(1, "train", f"run {result.run_id}: test acc {result.test_acc:.4f}")
 
@@ -57,7 +59,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     )
 
     if not found.registry_enabled:
-        describe_run(store, cfg, result.run_id, result.epochs, evaluation.test_acc, None)
+        describe_run(store, result.run_id, model, result.epochs, evaluation.test_acc, None)
         say(3, "register", "skipped: registry.enabled=false")
         say(4, "promote", "skipped: nothing registered")
         say(5, "package", "skipped: nothing registered")
@@ -82,7 +84,7 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         version=registration.version,
     )
     say(4, "promote", outcome(decision))
-    describe_run(store, cfg, result.run_id, result.epochs, evaluation.test_acc, registration)
+    describe_run(store, result.run_id, model, result.epochs, evaluation.test_acc, registration)
 
     if not decision.promoted:
         say(5, "package", "nothing to do: the champion did not change, no new Bento")

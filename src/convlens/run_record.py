@@ -25,6 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from convlens.data import raw_folder
+from convlens.weights import load_weights
 
 if TYPE_CHECKING:
     from convlens.registry import Registration
@@ -41,10 +42,10 @@ def conv_channels(layers: Any) -> str:
     return ",".join(str(spec["out_channels"]) for spec in layers if spec.get("type") == "conv")
 
 
-def model_facts(model_cfg: DictConfig) -> tuple[str, int]:
-    """(conv widths, parameter count) of the configured model, built on the CPU in ms."""
-    net = instantiate(model_cfg, _convert_="all")
-    return conv_channels(model_cfg.layers), sum(p.numel() for p in net.parameters())
+def model_facts(model_dir: Path) -> tuple[str, int]:
+    """(conv widths, parameter count) of the model a run saved (`convlens.weights`)."""
+    net = load_weights(model_dir)
+    return conv_channels(net.architecture["layers"]), sum(p.numel() for p in net.parameters())
 
 
 def _short(path: str, value: Any) -> str:
@@ -174,14 +175,15 @@ def set_run_description(client: MlflowClient, run_id: str, text: str) -> None:
 
 def describe_run(
     client: MlflowClient,
-    cfg: DictConfig,
     run_id: str,
+    model_dir: Path,
     epochs: int,
     test_acc: float,
     registration: Registration | None,
 ) -> str:
-    """Write the run's description once training and registration are done; returns it."""
-    channels, parameters = model_facts(cfg.model)
+    """Write the run's description once training and registration are done; returns it.
+    `model_dir`: where the run saved its model (`<final_dir>/model`)."""
+    channels, parameters = model_facts(model_dir)
     decision = registration.decision if registration else None
     text = run_description(
         conv_channels=channels,

@@ -58,6 +58,11 @@ def log_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
         client.set_tag(logger.run_id, "mlflow.source.git.commit", commit)
 
 
+def model_dir(final_dir: Path | str) -> Path:
+    """Where `save_final` puts the model's two files."""
+    return Path(final_dir) / LOGGED_MODEL
+
+
 def save_final(folder: Path, net: ConvNet, test_set: TensorImages) -> str:
     """Write the end-of-run artifacts to `folder` first, so nothing depends on the server:
     the evaluation (`convlens.evaluation`) and the model's two files (`convlens.artifact`).
@@ -65,7 +70,7 @@ def save_final(folder: Path, net: ConvNet, test_set: TensorImages) -> str:
     Returns the sha256 of the weights. `publish_final` sends the folder to MLflow.
     """
     write_evaluation(folder, net, test_set)
-    return save_weights(net, Path(folder) / LOGGED_MODEL)
+    return save_weights(net, model_dir(folder))
 
 
 def publish_final(tracking_uri: str, run_id: str, folder: Path) -> str:
@@ -74,4 +79,4 @@ def publish_final(tracking_uri: str, run_id: str, folder: Path) -> str:
     client = MlflowClient(tracking_uri)
     client.log_artifacts(run_id, str(folder / EVALUATION_DIR), EVALUATION_DIR)
     client.log_artifact(run_id, str(folder / SUMMARY_FILE))
-    return log_model(tracking_uri, run_id, folder / LOGGED_MODEL)
+    return log_model(tracking_uri, run_id, model_dir(folder))

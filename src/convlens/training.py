@@ -145,6 +145,7 @@ def finish(
         tracking_uri=result.tracking_uri,
         final_dir=result.final_dir,
         test_acc=result.test_acc,
+        epochs=result.epochs,
         weights_sha256=result.weights_sha256,
         registry=OmegaConf.to_container(cfg.registry, resolve=True),
     )

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from convlens.outbox import MANIFEST, Outbox
 from convlens.registry import describe, register_and_promote
+from convlens.run_record import describe_run
 from convlens.store import StepError, open_store
-from convlens.tracking import publish_final
+from convlens.tracking import model_dir, publish_final
 
 
 def upload(folder: Path) -> str:
@@ -37,6 +38,7 @@ def upload(folder: Path) -> str:
     line = f"run {run_id}: wrote {waiting} buffered values, the evaluation and the model"
 
     registry = manifest["registry"]
+    registration = None
     if registry.get("enabled", True):
         registration = register_and_promote(
             client,
@@ -48,5 +50,8 @@ def upload(folder: Path) -> str:
             registry["promote"],
         )
         line += f"\n{describe(registration)}"
+    model = model_dir(manifest["final_dir"])
+    epochs = manifest.get("epochs", 0)
+    describe_run(client, run_id, model, epochs, manifest["test_acc"], registration)
     shutil.move(folder, folder.parent / f"{folder.name}.uploaded")
     return line
