@@ -16,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from convlens.artifact import TEST_ACC, WEIGHTS_SHA256
+from convlens.config import POLICIES
 from convlens.store import TAG, StepError, get_run, logged_model, record, version_of_run
 
 CHAMPION = "champion"
@@ -59,7 +60,12 @@ def champion(client: MlflowClient, name: str) -> ModelVersion | None:
 def promote(
     client: MlflowClient, name: str, version: ModelVersion, candidate_acc: float, policy: str
 ) -> Decision:
-    """Apply the promotion policy and record the decision on the version and its run."""
+    """Apply the promotion policy and record the decision on the version and its run.
+
+    Commands refuse an unknown policy before they start (`convlens.config.Settings`); a
+    library caller passing one is a bug."""
+    if policy not in POLICIES:
+        raise ValueError(f"registry.promote must be one of {', '.join(POLICIES)}, got {policy!r}")
     current = champion(client, name)
     current_acc = float(current.tags[TEST_ACC]) if current and TEST_ACC in current.tags else None
     if current is not None and current.version == version.version:
