@@ -88,25 +88,10 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(TEMPFAIL)  # trained, but tracking is incomplete until uploaded
-    from convlens.registry import register_and_promote
-    from convlens.run_record import describe_run
+    from convlens.release import register_trained
     from convlens.store import client
-    from convlens.tracking import model_dir
 
-    store = client(found.tracking_uri)
-    registration = None
-    if found.registry_enabled:
-        registration = register_and_promote(
-            store,
-            found.model_name,
-            result.run_id,
-            result.model_uri,
-            result.test_acc,
-            result.weights_sha256,
-            found.policy,
-        )
-    model = model_dir(result.final_dir)
-    describe_run(store, result.run_id, model, result.epochs, result.test_acc, registration)
+    registration = register_trained(client(found.tracking_uri), found, result, result.test_acc)
     report(result, found, registration)
     return result.val_acc_best
 

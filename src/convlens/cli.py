@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from convlens import UserError
 
-USAGE = 2  # exit status for anything the user can fix
+USAGE = UserError.exit_status  # 2: anything the user can fix
 TEMPFAIL = 75  # EX_TEMPFAIL: trained, but tracking waits for a server that is gone
 
 

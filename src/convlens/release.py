@@ -8,6 +8,7 @@ runs (`pipelines.evaluate|register|package`), each recording what it did as `rel
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -15,7 +16,43 @@ from convlens import UserError
 from convlens.cli import TEMPFAIL
 from convlens.config import Settings
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from convlens.registry import Registration
+    from convlens.training import TrainResult
+
 STEPS = 5
+
+
+def register_trained(
+    store: MlflowClient,
+    found: Settings,
+    result: TrainResult,
+    test_acc: float,
+    acc_source: str = "test/acc",
+) -> Registration | None:
+    """After training: register and promote the run's model (when the registry is on), then
+    write the run's description with the decision. `make train` and `make release` share it."""
+    from convlens.registry import register_and_promote
+    from convlens.run_record import describe_run
+    from convlens.tracking import model_dir
+
+    registration = None
+    if found.registry_enabled:
+        registration = register_and_promote(
+            store,
+            found.model_name,
+            result.run_id,
+            result.model_uri,
+            test_acc,
+            result.weights_sha256,
+            found.policy,
+            acc_source,
+        )
+    model = model_dir(result.final_dir)
+    describe_run(store, result.run_id, model, result.epochs, test_acc, registration)
+    return registration
 
 
 class ServerGone(UserError):
@@ -30,10 +67,8 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         raise UserError("a release needs the MLflow logger: drop the logger override")
     from convlens.evaluation import evaluate_run
     from convlens.packaging import package
-    from convlens.registry import outcome, register_and_promote
-    from convlens.run_record import describe_run
+    from convlens.registry import outcome
     from convlens.store import client, record
-    from convlens.tracking import model_dir
     from convlens.training import train
 
     result = train(cfg)
@@ -47,7 +82,6 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
             f"python -m pipelines.evaluate --run-id {result.run_id} (and register, package)"
         )
     store = client(found.tracking_uri)
-    model = model_dir(result.final_dir)
     record(store, {"pipeline": "release"}, run_id=result.run_id)
     say(1, "train", f"run {result.run_id}: test acc {result.test_acc:.4f}")
 
@@ -58,22 +92,13 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         f"logged model: test acc {evaluation.test_acc:.4f} on {evaluation.images:,} images",
     )
 
-    if not found.registry_enabled:
-        describe_run(store, result.run_id, model, result.epochs, evaluation.test_acc, None)
+    source = f"eval/test_acc on {evaluation.images} test images"
+    registration = register_trained(store, found, result, evaluation.test_acc, source)
+    if registration is None:
         say(3, "register", "skipped: registry.enabled=false")
         say(4, "promote", "skipped: nothing registered")
         say(5, "package", "skipped: nothing registered")
         return
-    registration = register_and_promote(
-        store,
-        found.model_name,
-        result.run_id,
-        result.model_uri,
-        evaluation.test_acc,
-        result.weights_sha256,
-        found.policy,
-        acc_source=f"eval/test_acc on {evaluation.images} test images",
-    )
     version = registration.version.version
     say(3, "register", f"{found.model_name} version {version}")
     decision = registration.decision
@@ -84,7 +109,6 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
         version=registration.version,
     )
     say(4, "promote", outcome(decision))
-    describe_run(store, result.run_id, model, result.epochs, evaluation.test_acc, registration)
 
     if not decision.promoted:
         say(5, "package", "nothing to do: the champion did not change, no new Bento")
