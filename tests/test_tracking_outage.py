@@ -20,7 +20,7 @@ OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "120"))
 # however fast the machine is.
 ARGS = [
     "trainer.max_epochs=10000",
-    "data.subset=640",
+    "data.subset=1920",
     "data.val_subset=500",
     "data.test_subset=500",
     "trainer.log_every_n_steps=5",

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ HTTP_SETTINGS = {
 }
 PAUSES_S = (5, 10, 20, 40, 60)
 MANIFEST = "manifest.json"
+DELIVERY_THREADS = 8
 
 
 class Outbox:
@@ -52,19 +54,26 @@ class Outbox:
         self.images.append({"path": str(path), "key": key, "step": step, "timestamp": timestamp})
 
     def deliver(self, client: MlflowClient, run_id: str) -> None:
-        """Write what waits, oldest first; on the first failure, raise and keep the rest."""
+        """Write what waits, oldest first; on a failure, raise and keep what was not written.
+
+        Images go `DELIVERY_THREADS` at a time: each is three requests (the PNG, its preview,
+        a tag), so after a long outage one at a time kept training waiting for minutes. The
+        first goes alone: it creates the run's "has images" tag, which concurrent first
+        writers would each try to insert.
+        """
         while self.metrics:
             chunk = self.metrics[:1000]
             client.log_batch(run_id, metrics=chunk)
             del self.metrics[: len(chunk)]
-        while self.images:
-            item = self.images[0]
-            with Image.open(item["path"]) as image:
-                client.log_image(
-                    run_id, image, key=item["key"], step=item["step"], timestamp=item["timestamp"]
-                )
-            Path(item["path"]).unlink(missing_ok=True)
-            self.images.pop(0)
+        with ThreadPoolExecutor(DELIVERY_THREADS) as pool:
+            size = 1
+            while self.images:
+                batch, size = self.images[:size], DELIVERY_THREADS
+                errors = list(pool.map(lambda item: _write_image(client, run_id, item), batch))
+                unwritten = [item for item, error in zip(batch, errors, strict=True) if error]
+                self.images[: len(batch)] = unwritten
+                if unwritten:
+                    raise next(error for error in errors if error)
         self.persist()
 
     def persist(self, **manifest: Any) -> None:
@@ -87,6 +96,19 @@ class Outbox:
         box.metrics = [Metric(**m) for m in json.loads((box.folder / "metrics.json").read_text())]
         box.images = json.loads((box.folder / "images.json").read_text())
         return box
+
+
+def _write_image(client: MlflowClient, run_id: str, item: dict[str, Any]) -> Exception | None:
+    """Log one waiting image and remove its file; the error instead of raising it."""
+    try:
+        with Image.open(item["path"]) as image:
+            client.log_image(
+                run_id, image, key=item["key"], step=item["step"], timestamp=item["timestamp"]
+            )
+    except Exception as error:
+        return error
+    Path(item["path"]).unlink(missing_ok=True)
+    return None
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
