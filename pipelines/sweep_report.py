@@ -1,125 +1,137 @@
-"""The trials of a hyperparameter sweep, best first, from their MLflow runs.
+"""The trials of a sweep's Optuna study, best first, with the commands that rerun and release
+the best one.
 
-    python -m pipelines.sweep_report                  the newest sweep
-    python -m pipelines.sweep_report --sweep-id ID    that one (the runs' `sweep.id` tag)
+    python -m pipelines.sweep_report                                the default study
+    python -m pipelines.sweep_report sweep.study_name=NAME          another one
+    python -m pipelines.sweep_report sweep.storage=postgresql+psycopg2://...
 
-`make sweep` runs it after the sweep. Trials are ranked by `val/acc_best`, the value the sweep
-maximised; the columns are the parameters that differ between trials. The best trial's run
-gets the tag `sweep.best=true` (the others `false`), and the report says how to release it.
+`make sweep` runs it after its workers. Trials are ranked by their value (`val/acc_best`, the
+best validation accuracy); pruned trials follow, by the last value they reported. Each trial's
+MLflow child run gets the tag `sweep.best=true` (the best) or `false`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-
-from mlflow import MlflowClient
-from mlflow.entities import Run
+from pathlib import Path
 
 from convlens.cli import Parser, add_overrides, run_cli
-from convlens.config import settings
-from convlens.store import SWEEP_ID, open_store
 
 OBJECTIVE = "val/acc_best"
+DEFAULT_SEARCH = "hparams_search=mnist_optuna"
 
 
-def sweep_runs(client: MlflowClient, experiment: str, sweep_id: str | None) -> list[Run]:
-    """The runs of the sweep asked for, or of the newest sweep when `sweep_id` is None."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    ids = [found.experiment_id]
-    if sweep_id is None:
-        newest = client.search_runs(
-            ids,
-            filter_string=f"tags.`{SWEEP_ID}` != ''",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not newest:
-            return []
-        sweep_id = newest[0].data.tags[SWEEP_ID]
-    return client.search_runs(
-        ids, filter_string=f"tags.`{SWEEP_ID}` = '{sweep_id}'", max_results=10_000
-    )
+def with_search(overrides: list[str]) -> list[str]:
+    """The overrides, with the default search space unless they name one."""
+    named = any(o.lstrip("+~").startswith("hparams_search=") for o in overrides)
+    return overrides if named else [DEFAULT_SEARCH, *overrides]
 
 
-def score(run: Run) -> float:
-    value = run.data.metrics.get(OBJECTIVE)
-    return value if value is not None and not math.isnan(value) else -math.inf
+def rank_key(trial, maximize: bool) -> tuple:
+    """Complete trials by value, then pruned ones by their last report, then the rest."""
+    from optuna.trial import TrialState
+
+    sign = -1 if maximize else 1
+    if trial.state == TrialState.COMPLETE:
+        return (0, sign * trial.value, trial.number)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        last = trial.intermediate_values[max(trial.intermediate_values)]
+        return (1, sign * last, trial.number)
+    return (2, 0.0, trial.number)
 
 
-def overrides(run: Run) -> dict[str, str]:
-    """The trial's command-line overrides (`sweep.overrides`), as key -> value."""
-    items = json.loads(run.data.tags.get("sweep.overrides", "[]"))
-    pairs = (item.split("=", 1) for item in items if "=" in item)
-    return {key.lstrip("+~"): value for key, value in pairs}
+def short(name: str) -> str:
+    return name.removeprefix("model.layers.")
 
 
-def varying(runs: list[Run]) -> list[str]:
-    """The override keys whose values differ between trials: the swept parameters."""
-    per_run = [overrides(run) for run in runs]
-    keys = list(dict.fromkeys(key for found in per_run for key in found))
-    return [k for k in keys if len({found.get(k) for found in per_run}) > 1]
+def number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
-def number(value: str | None) -> str:
-    try:
-        return f"{float(value):.4g}" if "." in str(value) or "e" in str(value) else str(value)
-    except (TypeError, ValueError):
-        return str(value) if value is not None else "-"
-
-
-def report(client: MlflowClient, runs: list[Run]) -> Run:
-    ranked = sorted(runs, key=lambda r: (-score(r), int(r.data.tags.get("sweep.trial", 0))))
-    params = varying(runs)
-    columns = ["trial", OBJECTIVE, "test/acc", *params, "status", "run"]
-    rows = []
-    for run in ranked:
-        metrics = run.data.metrics
-        rows.append(
-            [
-                run.data.tags.get("sweep.trial", "?"),
-                f"{metrics[OBJECTIVE]:.4f}" if OBJECTIVE in metrics else "-",
-                f"{metrics['test/acc']:.4f}" if "test/acc" in metrics else "-",
-                *(number(overrides(run).get(p)) for p in params),
-                run.info.status.lower(),
-                run.info.run_id,
-            ]
-        )
-    widths = [max(len(str(v)) for v in column) for column in zip(columns, *rows, strict=True)]
-    for line in [columns, *rows]:
+def table(rows: list[list[str]]) -> None:
+    widths = [max(len(str(v)) for v in column) for column in zip(*rows, strict=True)]
+    for line in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(line, widths, strict=True)))
-    best = ranked[0]
-    for run in runs:
-        client.set_tag(run.info.run_id, "sweep.best", str(run is best).lower())
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m pipelines.sweep_report", description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep-id", help="the sweep.id tag of the trials (default: newest)")
     add_overrides(parser)
     args = parser.parse_args(argv)
 
-    found = settings(args.overrides)
-    experiment = found.experiment
-    client = open_store(found.tracking_uri)
-    runs = sweep_runs(client, experiment, args.sweep_id)
-    if not runs:
-        which = f"sweep {args.sweep_id!r}" if args.sweep_id else "sweep"
-        print(f"nothing to report: no {which} runs in experiment {experiment!r}")
+    import optuna
+
+    from convlens.store import open_store, run_page
+    from convlens.sweep import (
+        OVERRIDES_ATTR,
+        PARENT_ATTR,
+        RUN_ATTR,
+        SURPLUS_ATTR,
+        plan,
+        safe_url,
+        train_command,
+    )
+
+    p = plan(with_search(args.overrides))
+    where = safe_url(p.storage)
+    missing = (
+        f"nothing to report: no study {p.study_name!r} in {where}, "
+        f"so no sweep trials in experiment {p.experiment!r}"
+    )
+    if p.storage.startswith("sqlite:///") and not Path(p.storage[10:]).exists():
+        print(missing)
         return 0
-    sweep_id = runs[0].data.tags[SWEEP_ID]
-    print(f"sweep {sweep_id}: {len(runs)} trials, ranked by {OBJECTIVE}\n")
-    best = report(client, runs)
-    if score(best) == -math.inf:
-        print(f"\nno trial logged {OBJECTIVE}: nothing to release")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=p.study_name, storage=p.storage)
+    except KeyError:
+        print(missing)
         return 0
-    run_id = best.info.run_id
+    trials = [t for t in study.get_trials() if SURPLUS_ATTR not in t.user_attrs]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: rank_key(t, maximize))
+    client = open_store(p.tracking_uri)
+    runs = {}
+    for trial in ranked:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id:
+            runs[trial.number] = client.get_run(run_id)
+    names = list(dict.fromkeys(name for t in ranked for name in t.params))
+    print(f"study {p.study_name!r} in {where}: {len(trials)} trials, ranked by {OBJECTIVE}\n")
+    rows = [["trial", "state", OBJECTIVE, "test/acc", *map(short, names), "run"]]
+    for trial in ranked:
+        run = runs.get(trial.number)
+        test_acc = run.data.metrics.get("test/acc") if run else None
+        rows.append(
+            [
+                str(trial.number),
+                trial.state.name.lower(),
+                f"{trial.value:.4f}" if trial.value is not None else "-",
+                f"{test_acc:.4f}" if test_acc is not None else "-",
+                *(number(trial.params[n]) if n in trial.params else "-" for n in names),
+                run.info.run_id if run else "-",
+            ]
+        )
+    table(rows)
+    complete = [t for t in ranked if t.state == optuna.trial.TrialState.COMPLETE]
+    best = complete[0] if complete and not math.isnan(complete[0].value) else None
+    for number_, run in runs.items():
+        is_best = best is not None and number_ == best.number
+        client.set_tag(run.info.run_id, "sweep.best", str(is_best).lower())
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent:
+        experiment_id = client.get_run(parent).info.experiment_id
+        print(f"\nMLflow     {run_page(p.tracking_uri, p.mlflow_ui, experiment_id, parent)}")
+    if best is None:
+        print(f"\nno trial finished with {OBJECTIVE}: nothing to release")
+        return 0
+    run = runs.get(best.number)
+    run_id = run.info.run_id if run else "?"
     print(
-        f"\nbest       trial {best.data.tags.get('sweep.trial', '?')}, run {run_id}: "
-        f"{OBJECTIVE} {score(best):.4f}"
+        f"\nbest       trial {best.number}, run {run_id}: {OBJECTIVE} {best.value:.4f}"
+        f"\nrerun it   {train_command(best.user_attrs.get(OVERRIDES_ATTR, []))}"
         f"\nrelease it python -m pipelines.evaluate --run-id {run_id}"
         f" && python -m pipelines.register --run-id {run_id}"
     )

@@ -1,4 +1,4 @@
-"""The release steps run one at a time (evaluate, register, sweep report), the Optuna sweep,
+"""The release steps run one at a time (evaluate, register, sweep report), the sweep's config,
 and the multi-node trainer config: real CLIs on a real MLflow store."""
 
 from __future__ import annotations
@@ -16,15 +16,6 @@ from mlflow import MlflowClient
 from convlens.cli import run_cli
 from pipelines import evaluate, register, sweep_report
 from tests.conftest import MODEL_NAME, REPO, mnist_dir
-
-# A sweep small enough for a test: 2 trials of one epoch on 500 images.
-TINY_SWEEP = [
-    "hparams_search=mnist_optuna",
-    "hydra.sweeper.n_trials=2",
-    "data.subset=500",
-    "data.val_subset=500",
-    "data.test_subset=500",
-]
 
 
 def run_module(workdir: Path, module: str, *args: str, env: dict | None = None, timeout=600):
@@ -188,53 +179,21 @@ def test_train_rejects_a_bad_promotion_policy_before_training(tmp_path, mnist_ro
     assert not (tmp_path / "mlflow.db").exists()  # stopped before any MLflow run began
 
 
-# --- the Optuna sweep -------------------------------------------------------------------------
+# --- the Optuna sweep's config, as `make train` reads it ------------------------------------
+# The sweep itself (pipelines.sweep) is tests/test_sweep.py and tests/test_sweep_workers.py.
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, mnist_root):
-    workdir = tmp_path_factory.mktemp("sweep")
-    result = run_module(workdir, "pipelines.train", *TINY_SWEEP)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client = client_of(workdir)
-    runs = client.search_runs([client.get_experiment_by_name(MODEL_NAME).experiment_id])
-    return workdir, client, runs
-
-
-def test_every_trial_is_a_run_tagged_with_one_sweep_id(sweep):
-    _, _, runs = sweep
-    assert len(runs) == 2
-    assert len({run.data.tags["sweep.id"] for run in runs}) == 1
-    assert sorted(run.data.tags["sweep.trial"] for run in runs) == ["0", "1"]
-
-
-def test_trials_try_different_hyperparameters(sweep):
-    _, _, runs = sweep
-    keys = ["lr", "batch_size"]
-    assert len({tuple(run.data.params[k] for k in keys) for run in runs}) == 2
-
-
-def test_the_sweep_optimizes_val_acc_best(sweep):
-    workdir, _, runs = sweep
-    [results] = workdir.glob("outputs/multirun/*/*/optimization_results.yaml")
-    best_value = yaml.safe_load(results.read_text())["best_value"]
-    assert best_value == pytest.approx(max(r.data.metrics["val/acc_best"] for r in runs), abs=1e-6)
-
-
-def test_sweep_trials_are_not_registered(sweep):
-    _, client, _ = sweep
-    assert client.search_registered_models() == []
-
-
-def test_the_sweep_report_names_and_tags_the_best_trial(sweep):
-    workdir, client, runs = sweep
-    result = run_module(workdir, "pipelines.sweep_report")
+def test_a_sweeps_config_is_a_plain_make_train_config(tmp_path):
+    """A trial reruns with `make train ARGS="hparams_search=mnist_optuna <overrides>"`: the
+    search config composes for training alone (no Hydra sweeper), trials unregistered."""
+    result = run_module(
+        tmp_path, "pipelines.train", "hparams_search=mnist_optuna", "--cfg", "job", "--resolve"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    best = max(runs, key=lambda r: r.data.metrics["val/acc_best"])
-    assert f"run {best.info.run_id}" in result.stdout
-    assert "model.layers.0.out_channels" in result.stdout or "optimizer.lr" in result.stdout
-    tags = {r.info.run_id: client.get_run(r.info.run_id).data.tags["sweep.best"] for r in runs}
-    assert tags == {r.info.run_id: str(r is best).lower() for r in runs}
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["registry"]["enabled"] is False
+    assert cfg["sweep"]["storage"] == f"sqlite:///{tmp_path}/optuna.db"
+    assert "model.layers.conv1.out_channels" in cfg["sweep"]["params"]
 
 
 # --- multi-node trainer config ---------------------------------------------------------------
