@@ -1,0 +1,274 @@
+"""The service against its peers, side by side: the same champion behind (a) `make serve`,
+(b) plain FastAPI + uvicorn and (c) LitServe, driven by one load generator, interleaved.
+
+    uv run --frozen python -m benchmarks.peers --tracking-uri sqlite:///path/mlflow.db
+    uv run --frozen python -m benchmarks.peers --bentoml-home DIR --model convlens-mnist:v1-…
+        [--rounds 3] [--seconds 3] [--results FILE]
+
+All three run at once on 127.0.0.1 with the service's worker count (`serving/config.yaml`)
+and one torch thread per worker. Each round runs every scenario against a, b, c in turn
+(`benchmarks.loadgen`, its own process), so load from elsewhere on the machine hits all three
+alike; the figures are medians over rounds, and each ratio is this service over the fastest
+peer. Scenarios: `/predict` (one MNIST PNG, multipart) at 1 and 8 clients, `/predict_batch`
+with 64 images a request at 4 clients. Then the service alone at twice its capacity
+(`overload`): refusal latency, and accepted latency against the unloaded one.
+Also per scenario: each server's CPU ms per request (all its processes, from /proc).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import REPO, load_avg, merge_results, parser, print_json, process_tree
+from benchmarks.loadgen import PREFIX
+from benchmarks.serving import CLOCK_TICKS, Server, write_bodies
+from tests.harness import free_port
+
+THIS = "service"
+PEERS = ("fastapi", "litserve")
+SCENARIOS = {  # name: (route, body, clients, images per request)
+    "predict_c1": ("predict", "predict", 1, 1),
+    "predict_c8": ("predict", "predict", 8, 1),
+    "predict_batch_64img_c4": ("predict_batch", "batch64", 4, 64),
+}
+
+
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
+    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_service(home: Path, workdir: Path, tracking_uri: str | None, model: str | None):
+    port = free_port()
+    command = ["make", "--no-print-directory", "serve", "HOST=127.0.0.1", f"PORT={port}"]
+    command += [f"BENTOML_HOME={home}"]
+    command += [f"MODEL={model}"] if model else [f"MLFLOW_TRACKING_URI={tracking_uri}"]
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / "service.log"
+    return Server("make serve", url, command, cwd=REPO, env=env_for(home), log=log).start()
+
+
+def start_peer(name: str, workers: int, model_dir: Path, home: Path, workdir: Path) -> Server:
+    port = free_port()
+    if name == "fastapi":
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.peers.fastapi_app:app"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+        command += ["--no-access-log"]
+    else:
+        command = [sys.executable, "-m", "benchmarks.peers.litserve_app"]
+        command += ["--port", str(port), "--workers", str(workers)]
+    env = env_for(home, CONVLENS_PEER_MODEL_DIR=str(model_dir))
+    url = f"http://127.0.0.1:{port}"
+    return Server(name, url, command, cwd=REPO, env=env, log=workdir / f"{name}.log").start()
+
+
+def cpu_seconds(server: Server) -> float:
+    """CPU seconds so far of every process of the server (all of its tree)."""
+    total = 0.0
+    for pid in process_tree(server.process.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def load(url: str, body: tuple[Path, str], clients: int, seconds: float) -> dict:
+    """One `benchmarks.loadgen` run in its own process; its JSON."""
+    path, content_type = body
+    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url]
+    command += ["--body-file", str(path), "--content-type", content_type]
+    command += ["--connections", str(clients), "--seconds", str(seconds)]
+    out = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120, check=True
+    ).stdout
+    return json.loads(next(x for x in out.splitlines() if x.startswith(PREFIX))[len(PREFIX) :])
+
+
+def measure(server: Server, scenario: str, bodies: dict, seconds: float) -> dict:
+    route, body, clients, images = SCENARIOS[scenario]
+    before = cpu_seconds(server)
+    found = load(f"{server.url}/{route}", bodies[body], clients, seconds)
+    cpu = cpu_seconds(server) - before
+    ok = found["statuses"].get("200", 0)
+    return {
+        "requests_per_s": found["requests_per_s"],
+        "ok_per_s": round(ok / found["seconds"], 1),
+        "images_per_s": round(ok * images / found["seconds"], 1),
+        "p50_ms": found["latency_ms"]["p50"],
+        "p99_ms": found["latency_ms"]["p99"],
+        "statuses": found["statuses"],
+        "socket_errors": {k: v for k, v in found["socket_errors"].items() if v},
+        "cpu_ms_per_request": round(cpu * 1000 / max(1, found["requests"]), 3),
+        "load_avg_1m": load_avg()[0],
+    }
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Medians over rounds per server and scenario; ratios of this service to the best peer."""
+    summary: dict = {}
+    for scenario in SCENARIOS:
+        per_server = {}
+        for server in (THIS, *PEERS):
+            runs = [r[scenario][server] for r in rounds if server in r.get(scenario, {})]
+            if not runs:
+                continue
+            per_server[server] = {
+                key: round(statistics.median(run[key] for run in runs), 3)
+                for key in ("ok_per_s", "images_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request")
+            }
+            per_server[server]["non_200"] = sum(
+                sum(v for k, v in run["statuses"].items() if k != "200") for run in runs
+            )
+        rate = "images_per_s" if SCENARIOS[scenario][3] > 1 else "ok_per_s"
+        peers = {name: per_server[name] for name in PEERS if name in per_server}
+        if THIS in per_server and peers:
+            fastest = max(peers, key=lambda name: peers[name][rate])
+            this, best = per_server[THIS], peers[fastest]
+            per_server["fastest_peer"] = fastest
+            per_server["ratio"] = round(this[rate] / best[rate], 3) if best[rate] else None
+            per_server["p99_ratio"] = round(this["p99_ms"] / best["p99_ms"], 3)
+            per_server["cpu_ratio"] = round(
+                this["cpu_ms_per_request"] / best["cpu_ms_per_request"], 3
+            )
+            per_server["rate"] = rate
+        summary[scenario] = per_server
+    return summary
+
+
+def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dict:
+    """The service alone: `/predict` at 1 client (unloaded), then at twice its capacity."""
+    unloaded = load(f"{server.url}/predict", bodies["predict"], 1, seconds)
+    time.sleep(1)
+    loaded = load(f"{server.url}/predict", bodies["predict"], 2 * capacity, seconds)
+    time.sleep(1)
+    by_status = loaded["latency_ms_by_status"]
+    refused = by_status.get("429") or by_status.get("503") or {}
+    accepted = by_status.get("200") or {}
+    base = unloaded["latency_ms"]["p99"]
+    return {
+        "capacity": capacity,
+        "clients": 2 * capacity,
+        "statuses": loaded["statuses"],
+        "socket_errors": loaded["socket_errors"],
+        "refused_ms": refused,
+        "accepted_ms": accepted,
+        "unloaded_ms": unloaded["latency_ms"],
+        "accepted_p99_vs_unloaded": round(accepted["p99"] / base, 2) if accepted else None,
+        "ok_per_s": round(loaded["statuses"].get("200", 0) / loaded["seconds"], 1),
+    }
+
+
+def run(args, workdir: Path) -> dict:
+    from serving.settings import CONFIG
+
+    workers = CONFIG.workers
+    bodies = write_bodies(workdir)
+    home = args.bentoml_home or workdir / "bentoml"
+    servers: dict[str, Server] = {}
+    try:
+        servers[THIS] = start_service(home, workdir, args.tracking_uri, args.model)
+        servers[THIS].wait_ready()
+        info = httpx.post(f"{servers[THIS].url}/model_info", timeout=30).json()
+        name, version = info["bento_model"].split(":")
+        model_dir = Path(home) / "models" / name / version
+        for peer in PEERS:
+            servers[peer] = start_peer(peer, workers, model_dir, Path(home), workdir)
+        for peer in PEERS:
+            servers[peer].wait_ready()
+        for server in servers.values():  # warm up every route and connection count
+            for scenario in SCENARIOS:
+                route, body, clients, _ = SCENARIOS[scenario]
+                load(f"{server.url}/{route}", bodies[body], clients, 0.5)
+        rounds = []
+        for number in range(args.rounds):
+            print(f"round {number + 1}/{args.rounds} (load {load_avg()[0]})", file=sys.stderr)
+            current: dict = {}
+            for scenario in SCENARIOS:
+                current[scenario] = {}
+                for name, server in servers.items():
+                    current[scenario][name] = measure(server, scenario, bodies, args.seconds)
+                    time.sleep(0.3)
+            rounds.append(current)
+        result = {
+            "workers": workers,
+            "torch_threads": CONFIG.torch_threads,
+            "model": info["bento_model"],
+            "seconds_per_run": args.seconds,
+            "rounds": rounds,
+            "summary": summarize(rounds),
+        }
+        if args.overload:
+            result["overload"] = overload(
+                servers[THIS], bodies, info["traffic"]["max_concurrency"], args.seconds
+            )
+        return result
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def markdown(result: dict) -> str:
+    """The peer table of BENCHMARKS.md."""
+    s = result["summary"]
+    rows = [
+        "| scenario | this service | plain FastAPI | LitServe | this / fastest peer | p99 ms "
+        "(this / peer) | CPU ms per request (this / peer) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario, found in s.items():
+        rate = found.get("rate", "ok_per_s")
+        unit = "img/s" if rate == "images_per_s" else "req/s"
+        cells = [
+            f"{found[n][rate]:,.0f} {unit}, p50 {found[n]['p50_ms']:.1f}, p99 "
+            f"{found[n]['p99_ms']:.1f} ms"
+            if n in found
+            else "–"
+            for n in (THIS, *PEERS)
+        ]
+        peer = found.get("fastest_peer")
+        rows.append(
+            f"| {scenario} | {' | '.join(cells)} | **{found.get('ratio')}** ({peer}) | "
+            f"{found[THIS]['p99_ms']:.1f} / {found[peer]['p99_ms']:.1f} | "
+            f"{found[THIS]['cpu_ms_per_request']:.2f} / {found[peer]['cpu_ms_per_request']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__)
+    p.add_argument("--tracking-uri", default=None, help="MLflow store with a champion")
+    p.add_argument("--bentoml-home", type=Path, default=None, help="BentoML home (with --model)")
+    p.add_argument("--model", default=None, help="a BentoML model tag in --bentoml-home")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0, help="per scenario, server and round")
+    p.add_argument("--no-overload", dest="overload", action="store_false")
+    p.add_argument("--workdir", type=Path, default=None, help="keep bodies and logs here")
+    args = p.parse_args(argv)
+    if not args.model and not args.tracking_uri:
+        from benchmarks.serving import default_tracking_uri
+
+        args.tracking_uri = default_tracking_uri()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="convlens-bench-peers-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = run(args, workdir)
+    print_json({k: v for k, v in result.items() if k != "rounds"})
+    print(markdown(result))
+    merge_results(args.results, "peers", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
