@@ -17,6 +17,7 @@ COMPOSE ?= docker compose
 
 .PHONY: help install train ui test lint format clean package serve containerize
 .PHONY: release evaluate register sweep server up up-train down
+.PHONY: sweep-ui
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,9 +40,17 @@ evaluate: install ## test the newest run's logged model on the test set; ARGS="-
 register: install ## register the newest run's model, promote if better; ARGS="--run-id ID ..."
 	$(RUN) python -m pipelines.register $(ARGS)
 
-sweep: install ## Optuna search over lr, batch size, width (conf/hparams_search); then the ranking
-	$(RUN) python -m pipelines.train hparams_search=mnist_optuna $(ARGS)
+# The study is in sweep.storage (conf/sweep/default.yaml: ./optuna.db, or CONVLENS_SWEEP_STORAGE);
+# the same command again resumes it, and on another machine with the same storage joins it.
+WORKERS ?= 1
+SWEEP_UI_PORT ?= 8080
+sweep: install ## Optuna search (conf/hparams_search) with WORKERS=n processes, resumable; then the ranking
+	$(RUN) python -m pipelines.sweep hparams_search=mnist_optuna sweep.workers=$(WORKERS) $(ARGS)
 	$(RUN) python -m pipelines.sweep_report hparams_search=mnist_optuna $(ARGS)
+
+sweep-ui: install ## optuna-dashboard on the sweep's storage at http://HOST:SWEEP_UI_PORT (127.0.0.1:8080)
+	$(RUN) optuna-dashboard --host $(HOST) --port $(SWEEP_UI_PORT) \
+		"$$($(RUN) python -m pipelines.sweep --storage-url hparams_search=mnist_optuna $(ARGS))"
 
 server: install ## MLflow tracking server on HOST:UI_PORT, STORE=backend URI, ARTIFACTS=destination
 	$(RUN) mlflow server --backend-store-uri "$(STORE)" --artifacts-destination "$(ARTIFACTS)" \
@@ -66,6 +75,10 @@ package: install ## MLflow @champion into the BentoML store (./bentoml), then bu
 
 serve: install ## serve @champion as it is now at http://HOST:PORT (127.0.0.1:3000); MODEL=name:tag pins one
 	$(RUN) python -m pipelines.serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+.PHONY: feedback
+feedback: install ## users' feedback (POST /feedback): rows per label; ARGS="--export DIR", "--delete SHA256", "--delete-all --yes"
+	$(RUN) python -m pipelines.feedback $(ARGS)
 
 containerize: install ## Docker image convlens:latest of the champion's Bento (needs Docker)
 	$(RUN) python -m pipelines.package --containerize convlens:latest $(ARGS)
@@ -96,8 +109,8 @@ audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings
 		$$(grep -oE '^[A-Za-z0-9][A-Za-z0-9_.:-]*' audit-ignore.txt 2>/dev/null | sed 's/^/--ignore-vuln /')
 
 .PHONY: bench
-bench: install ## benchmarks of issue 5 (~13 min, 2 cores): benchmarks/results/<date>-<machine>.json + goals table; ARGS=--quick
-	@command -v wrk >/dev/null 2>&1 || { echo "make bench: wrk, the HTTP load generator, is missing: apt-get install -y wrk" >&2; exit 2; }
+bench: install ## benchmarks of issues 5 and 15 (~20 min, 2 cores): results JSON + goals table (peers first); ARGS=--quick
+	@command -v wrk >/dev/null 2>&1 || echo "make bench: wrk is missing (apt-get install -y wrk): the serving step is skipped; the peers step has its own load generator" >&2
 	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check

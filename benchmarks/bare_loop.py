@@ -47,12 +47,16 @@ def bare_train(
     steps: int | None = None,
     epochs: int = 1,
     warmup: int = 20,
+    device: str = "cpu",
 ) -> dict:
-    """Train for `epochs` (or `steps` when given); images/s over the timed steps."""
+    """Train for `epochs` (or `steps` when given); images/s over the timed steps. On another
+    `device` (`benchmarks.gpu`: "cuda") the data moves there first, whole, as uint8."""
     torch.manual_seed(cfg.seed)
     net = instantiate(cfg.model, _convert_="all")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=memory_format).train()
+    net = net.to(device=device, memory_format=memory_format).train()
+    images, labels = images.to(device), labels.to(device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     batch = cfg.data.batch_size
     per_epoch = (len(labels) + batch - 1) // batch
@@ -61,9 +65,10 @@ def bare_train(
 
     done, timed_images, start, loss = 0, 0, None, None
     while done < total:
-        order = torch.randperm(len(labels))
+        order = torch.randperm(len(labels), device=device)
         for i in range(0, len(labels), batch):
             if done == warmup:
+                synchronize()
                 start, timed_images = time.perf_counter(), 0
             index = order[i : i + batch]
             x = normalize(images[index]).contiguous(memory_format=memory_format)
@@ -77,8 +82,10 @@ def bare_train(
             done += 1
             if done == total:
                 break
+    synchronize()
     seconds = time.perf_counter() - start
     return {
+        "device": device,
         "layout": "channels_last" if channels_last else "nchw",
         "batch_size": batch,
         "timed_steps": total - warmup,

@@ -1,12 +1,19 @@
-"""What one image costs the CNN: FLOPs forward and forward+backward, counted by torch.
+"""What one image costs the CNN, and what this machine can do: FLOPs per image, GEMM peak.
 
-    uv run --frozen python -m benchmarks.flops [--results FILE]
+    uv run --frozen python -m benchmarks.flops [--threads 2,1] [--results FILE]
 
-Counted with `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add; convs and
-matmuls only, so ReLU, pooling and the optimizer are not in it).
+FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add;
+convs and matmuls only, so ReLU, pooling and the optimizer are not in it).
+
+The float32 peak is measured, not looked up: `gemm_peak` times large square float32 matrix
+products (`torch.mm`, oneDNN/MKL, as near the hardware as PyTorch gets on a CPU) and keeps
+the best rate. `benchmarks.inference` measures it again in its own process, at each thread
+count, right beside the model, and reports the model's throughput as a fraction of it.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +45,34 @@ def count(cfg, batch: int = 64) -> dict:
     }
 
 
+def gemm_peak(threads: int | None = None, seconds: float = 1.0, size: int = 1024) -> dict:
+    """Best float32 GFLOP/s of `size`-square `torch.mm` over `seconds` (2 n^3 FLOPs each)."""
+    if threads:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return {
+        "threads": torch.get_num_threads(),
+        "size": size,
+        "gflop_per_s": round(2 * size**3 / best / 1e9, 1),
+    }
+
+
 def main(argv=None) -> dict:
-    args = parser(__doc__).parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--threads", default="2,1", help="torch thread counts for the GEMM peak")
+    args = p.parse_args(argv)
     result = count(train_config())
+    result["gemm_peak"] = {f"threads_{t}": gemm_peak(int(t)) for t in args.threads.split(",")}
     print_json(result)
     merge_results(args.results, "flops", result)
     return result

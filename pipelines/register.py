@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to register: no finished run with a model in {found.experiment!r}")
             return 0
         run_id = run.info.run_id
-    print(describe(register_run(client, found.model_name, run_id, found.policy)))
+    registration = register_run(client, found.model_name, run_id, found.policy, found.feedback_gate)
+    print(describe(registration))
     return 0
 
 

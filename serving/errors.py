@@ -25,10 +25,13 @@ from typing import Any
 import pydantic
 from bentoml.exceptions import BentoMLException
 from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
 
+from convlens.feedback import FeedbackUnavailable, InvalidFeedback
 from convlens.images import ImageError, ImageTooLarge, UnsupportedFormat
 from convlens.preprocessing import NoDigitError
-from serving.loading import ModelUnavailable
+from convlens.receptive import OutsideLayer
+from serving.loading import MissingInsight, ModelUnavailable
 
 
 class UnknownLayer(ValueError):
@@ -72,6 +75,13 @@ ERRORS: dict[type[BaseException], Answer] = {
         "values out of range, more images than the batch limit",
     ),
     UnknownLayer: Answer(_400, "a layer the model does not have"),
+    InvalidFeedback: Answer(_400, "feedback the store refuses (a label that is not a digit 0-9)"),
+    OutsideLayer: Answer(_400, "a channel or position outside the layer's output"),
+    MissingInsight: Answer(
+        HTTPStatus.NOT_FOUND,
+        "the served model was packaged without what this endpoint shows (an embedding map, "
+        "top patches): the message says which",
+    ),
     BodyTooLarge: Answer(_413, "over a limit: the request body (refused before it is read)"),
     ImageTooLarge: Answer(
         _413, "the image file size, or its pixels (read from the header before decoding)"
@@ -94,6 +104,12 @@ ERRORS: dict[type[BaseException], Answer] = {
         _503, "no usable model (the message says why; /readyz answers 503 too)"
     ),
     Overloaded: Answer(_503, "overloaded (with Retry-After)", ((b"retry-after", b"1"),)),
+    FeedbackUnavailable: Answer(
+        _503,
+        "the feedback database is down, read-only or full (the message says which; nothing "
+        "was stored, and nothing stored before is lost)",
+        ((b"retry-after", b"30"),),
+    ),
     TimedOut: Answer(HTTPStatus.GATEWAY_TIMEOUT, "not answered within the configured timeout"),
 }
 
@@ -128,6 +144,22 @@ def client_errors() -> Iterator[None]:
         yield
     except _HANDLED as error:
         raise client_error(error) from None
+
+
+OWN_ANSWER = "x-convlens-answer"  # marks an error answer `JSONErrors` passes on as it is
+
+
+def error_response(error: Exception) -> JSONResponse:
+    """`error` as a finished answer, with its status, headers and message from `ERRORS`.
+
+    For a 5xx an API sends itself (the feedback database is down): BentoML replaces the
+    message of a 5xx `ClientError` with a generic one, and `JSONErrors` takes any other 503
+    for BentoML's full queue; the `OWN_ANSWER` header tells it to pass this one on."""
+    row = answer(error)
+    headers = {key.decode(): value.decode() for key, value in row.headers}
+    return JSONResponse(
+        {"error": str(error)}, status_code=row.status, headers={**headers, OWN_ANSWER: "1"}
+    )
 
 
 def is_client_error(error: BaseException | None) -> bool:

@@ -9,6 +9,7 @@ the service still starts: `MODEL_STATUS` holds the reason, and every API answers
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from contextlib import suppress
@@ -19,8 +20,11 @@ import bentoml
 import torch
 from bentoml.exceptions import NotFound
 
-from convlens.artifact import Label
+from convlens.artifact import EMBEDDING_FILE, TOP_PATCHES_FILE, Label
+from convlens.embedding import EmbeddingMap
 from convlens.model import ConvNet
+from convlens.top_patches import LayerPatches
+from convlens.top_patches import load as load_top_patches
 from convlens.weights import WeightsMismatch, load_weights
 
 logger = logging.getLogger("convlens.serving")
@@ -38,6 +42,7 @@ class LoadedModel:
     test_accuracy: float | None
     weights_sha256: str
     run_url: str | None = None  # the training run's page in the MLflow UI, when packaged with it
+    folder: Path | None = None  # the stored model's folder, holding its optional files
 
 
 def load_model(folder: Path, labels: Mapping[str, str], tag: str) -> LoadedModel:
@@ -63,6 +68,7 @@ def load_model(folder: Path, labels: Mapping[str, str], tag: str) -> LoadedModel
         test_accuracy=float(accuracy) if accuracy else None,
         weights_sha256=expected,
         run_url=labels.get(Label.RUN_URL) or None,
+        folder=Path(folder),
     )
 
 
@@ -132,6 +138,42 @@ def open_model(tag: str) -> LoadedModel:
         raise ModelUnavailable(
             f"{stored.tag} cannot be loaded ({type(error).__name__}): see the server log"
         ) from None
+
+
+class MissingInsight(LookupError):
+    """The served model was packaged without a file an endpoint needs (before it existed)."""
+
+
+@functools.lru_cache(maxsize=2)
+def _embedding_map(path: Path) -> EmbeddingMap:
+    return EmbeddingMap.load(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _top_patches(path: Path) -> dict[str, LayerPatches]:
+    return load_top_patches(path)
+
+
+def _optional_file(model: LoadedModel, name: str, what: str, endpoint: str) -> Path:
+    path = (model.folder or Path("/nonexistent")) / name
+    if not path.is_file():
+        raise MissingInsight(
+            f"{model.tag} was packaged without {what} ({name}), so {endpoint} has nothing to "
+            "show: train and package a model with this version of convlens"
+        )
+    return path
+
+
+def embedding_map_of(model: LoadedModel) -> EmbeddingMap:
+    """The t-SNE map `make package` made for this model (`convlens.embedding`), read once."""
+    path = _optional_file(model, EMBEDDING_FILE, "an embedding map", "the map")
+    return _embedding_map(path)
+
+
+def top_patches_of(model: LoadedModel) -> dict[str, LayerPatches]:
+    """Each conv channel's top test patches, logged by training (`convlens.top_patches`)."""
+    path = _optional_file(model, TOP_PATCHES_FILE, "top patches", "/top_patches")
+    return _top_patches(path)
 
 
 def limit_torch_threads(threads: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from serving.errors import (
     OVERLOADED,
+    OWN_ANSWER,
     BodyTooLarge,
     Overloaded,
     TimedOut,
@@ -99,6 +100,8 @@ class JSONErrors:
         async def rewriting_send(message: dict) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 await send(message)
+            elif message["type"] == "http.response.start" and _own_answer(message):
+                await send(message)  # already in the one shape (`error_response`)
             elif message["type"] == "http.response.start":
                 state["start"] = message
             elif message["type"] == "http.response.body" and state["start"] is not None:
@@ -188,6 +191,16 @@ def _closing(send: Any) -> Callable[[dict], Any]:
         await send(message)
 
     return closing_send
+
+
+def _own_answer(start: dict) -> bool:
+    """An error answer the service made itself (`serving.errors.error_response`), its marker
+    header removed: sent as it is."""
+    marker = OWN_ANSWER.encode()
+    headers = start.get("headers", [])
+    kept = [(key, value) for key, value in headers if key.lower() != marker]
+    start["headers"] = kept
+    return len(kept) < len(headers)
 
 
 def _content_length(scope: dict) -> int | None:

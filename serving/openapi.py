@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from convlens.images import FORMATS
@@ -24,6 +25,8 @@ from serving.schemas import BATCH_IMAGES_SCHEMA
 PNG_ANSWER = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_TYPES = ", ".join(f"image/{name.lower()}" for name in FORMATS)
 ERROR_REFERENCE = "#/components/schemas/Error"
+# The endpoints that show what a model may have been packaged without (`MissingInsight`, 404).
+INSIGHT_PATHS = ("/embedding", "/embedding_sprite", "/embed", "/top_patches")
 
 
 def _tighten_predictions(node: Any) -> None:
@@ -39,6 +42,21 @@ def _tighten_predictions(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _tighten_predictions(value)
+
+
+def channels_per_layer(schema: dict[str, Any], net: ConvNet) -> dict[str, Any]:
+    """/top_patches' body as one alternative per conv layer, each with its own channel bound
+    (conv1 0-31, conv2 0-63): whole object schemas, which fuzzers read correctly."""
+    choices = []
+    for name in net.conv_layer_names():
+        choice = copy.deepcopy(schema)
+        choice.pop("title", None)
+        choice["properties"]["layer"] = {"type": "string", "enum": [name]}
+        channels = getattr(net, name).out_channels
+        choice["properties"]["channel"].update(minimum=0, maximum=channels - 1)
+        choice["title"] = f"{name}: channel 0-{channels - 1}"
+        choices.append(choice)
+    return {"title": schema.get("title", "Input"), "anyOf": choices}
 
 
 def openapi_document(spec: dict[str, Any], net: ConvNet | None = None) -> dict[str, Any]:
@@ -57,10 +75,12 @@ def openapi_document(spec: dict[str, Any], net: ConvNet | None = None) -> dict[s
             continue
         ok = operation["responses"]["200"]
         operation["responses"] = {"200": ok, **error_responses(ERROR_REFERENCE)}
+        if path not in INSIGHT_PATHS:
+            operation["responses"].pop(str(HTTPStatus.NOT_FOUND.value), None)
         body = operation.get("requestBody", {}).get("content", {})
         if any(media.get("schema", {}).get("required") for media in body.values()):
             operation["requestBody"]["required"] = True
-        if path in ("/feature_maps", "/filters"):
+        if path in ("/feature_maps", "/filters", "/explain"):
             ok["content"]["image/png"] = copy.deepcopy(PNG_ANSWER)
         if path == "/feature_maps":
             ok["headers"] = {
@@ -69,6 +89,17 @@ def openapi_document(spec: dict[str, Any], net: ConvNet | None = None) -> dict[s
                     "schema": {"type": "integer", "minimum": 0, "maximum": 9},
                 }
             }
+        if path == "/explain":
+            ok["headers"] = {
+                name: {
+                    "description": f"{what}, with format=png",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 9},
+                }
+                for name, what in (
+                    ("X-Predicted-Label", "the predicted digit"),
+                    ("X-Explained-Class", "the class the map explains"),
+                )
+            }
         if path == "/predict_batch":
             body = operation["requestBody"]["content"]["application/json"]["schema"]
             body["properties"]["images"] = copy.deepcopy(BATCH_IMAGES_SCHEMA)
@@ -76,11 +107,19 @@ def openapi_document(spec: dict[str, Any], net: ConvNet | None = None) -> dict[s
         form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
         if form and "image" in form["schema"].get("properties", {}):
             form.setdefault("encoding", {})["image"] = {"contentType": IMAGE_TYPES}
-        layers = {"/feature_maps": "spatial_layer_names", "/filters": "conv_layer_names"}
+        layers = {
+            "/feature_maps": "spatial_layer_names",
+            "/filters": "conv_layer_names",
+            "/receptive_field": "spatial_layer_names",
+            "/top_patches": "conv_layer_names",
+        }
         if net is not None and path in layers:
             names = getattr(net, layers[path])()
             for media in operation["requestBody"]["content"].values():
                 media["schema"]["properties"]["layer"]["enum"] = names
+        if net is not None and path == "/top_patches":
+            for media in operation["requestBody"]["content"].values():
+                media["schema"] = channels_per_layer(media["schema"], net)
     spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
         "description": "Not ready: no usable model (the message says why).",
         "content": {"application/json": {"schema": {"$ref": ERROR_REFERENCE}}},

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import Response
 
-from convlens.visuals import grid
+from convlens.visuals import colormap, grid
 from serving.schemas import Step
 
 
@@ -41,3 +41,24 @@ def step(values: np.ndarray) -> Step:
         values=values.tolist(),
         png=f"data:image/png;base64,{encoded}",
     )
+
+
+OVERLAY_SCALE = 10  # 28x28 -> 280x280, each input pixel a 10x10 block
+OVERLAY_CMAP = "bwr"  # diverging: blue (against) - white (0) - red (for)
+
+
+def attribution_overlay(digit: np.ndarray, values: np.ndarray) -> Image.Image:
+    """An attribution map over its digit: red where a pixel is evidence for the class, blue
+    against, on a colour scale symmetric around 0 (the largest |value| is full colour), and
+    the strength of the colour its share of that largest value, so the digit shows through
+    where the evidence is weak."""
+    values = np.asarray(values, dtype=np.float32)
+    peak = float(np.abs(values).max())
+    scaled = values / peak if peak > 0 else np.zeros_like(values)
+    colours = colormap(OVERLAY_CMAP)[np.round((scaled + 1) * 127.5).astype(np.uint8)]
+    gray = np.asarray(digit, dtype=np.float32)[..., None] * (0.55 / 255) + 0.2
+    alpha = np.sqrt(np.abs(scaled))[..., None] * 0.9
+    blended = (1 - alpha) * gray * 255 + alpha * colours
+    picture = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), mode="RGB")
+    size = digit.shape[1] * OVERLAY_SCALE, digit.shape[0] * OVERLAY_SCALE
+    return picture.resize(size, Image.NEAREST)

@@ -8,13 +8,16 @@ what `convlens.images.batch_from_array` accepts, since clients and fuzzers trust
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, Field
 
+from convlens.attribution import METHODS as ATTRIBUTION_METHODS
+from convlens.feedback import MAX_MODEL_VERSION
 from convlens.images import ImageError, batch_from_array
 from convlens.kernels import KERNELS
 from serving.settings import CONFIG
@@ -99,3 +102,145 @@ class BuildingBlocks(BaseModel):
     kernel: str
     weights: list[list[float]]
     steps: dict[str, Step]
+
+
+# /explain and /receptive_field (issue 14: why the network decides, how one value comes about)
+ExplainMethod = Literal[tuple(ATTRIBUTION_METHODS)]
+DigitClass = Annotated[int, Field(ge=0, le=9)]
+# Bounds that hold for every layer; each layer's own limits are checked by the API (400).
+Index = Annotated[int, Field(ge=0, le=4095)]
+
+
+class Explanation(BaseModel):
+    method: str
+    target: int
+    label: int
+    probabilities: list[float]
+    shape: list[int]
+    min: float
+    max: float
+    attributions: list[list[float]]
+
+
+class Window(BaseModel):
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class Contribution(BaseModel):
+    in_channel: int
+    contribution: float
+    patch: list[list[float]]
+    kernel: list[list[float]]
+
+
+class ConvArithmetic(BaseModel):
+    bias: float
+    sum: float
+    activation: Literal["relu", "none"]
+    result: float
+    in_channels: int
+    patch: list[list[float]] | None = None
+    kernel: list[list[float]] | None = None
+    pixels: list[list[int]] | None = None
+    contributions: list[Contribution] | None = None
+    rest: float | None = None
+
+
+class PoolArgmax(BaseModel):
+    y: int
+    x: int
+
+
+class PoolArithmetic(BaseModel):
+    window: list[list[float]]
+    max: float
+    argmax: PoolArgmax
+
+
+class ReceptiveField(BaseModel):
+    layer: str
+    channel: int
+    y: int
+    x: int
+    type: str
+    value: float
+    field: Window
+    input: str
+    input_window: Window
+    conv: ConvArithmetic | None = None
+    pool: PoolArithmetic | None = None
+
+
+# /feedback (issue 12: what users teach back)
+
+
+def _as_text(value: Any) -> Any:
+    """A form field's text: BentoML reads each multipart field as JSON when it parses, so a
+    version sent as "3" arrives as the number 3."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    return value
+
+
+ModelVersion = Annotated[str, BeforeValidator(_as_text), Field(max_length=MAX_MODEL_VERSION)]
+
+
+class FeedbackReceipt(BaseModel):
+    sha256: str  # of the image as sent: the row's key; sending it again updates that row
+    created: bool  # False: the image was stored before, and its label is now this one
+    label: int
+    message: str
+
+
+# /embedding, /embed, /embedding_sprite and /top_patches (issue 14: how the network organises
+# digits, what a filter looks for)
+Neighbours = Annotated[int, Field(ge=1, le=50)]
+# The most channels any conv layer of the served architectures has; each layer's own count is
+# checked by the API (400).
+Channel = Annotated[int, Field(ge=0, le=1023, strict=True)]  # JSON: true is not a channel
+
+
+class Embedding(BaseModel):
+    layer: str
+    method: str
+    count: int
+    positions: list[list[float]]
+    labels: list[int]
+    test_indices: list[int]
+    sprite_columns: int
+
+
+class Neighbour(BaseModel):
+    index: int
+    test_index: int
+    label: int
+    distance: float
+    position: list[float]
+    png: str
+
+
+class Placement(BaseModel):
+    label: int
+    position: list[float]
+    neighbours: list[Neighbour]
+
+
+class Patch(BaseModel):
+    activation: float
+    test_index: int
+    y: int
+    x: int
+    window: dict[str, int]
+    png: str
+    context_png: str
+
+
+class TopPatches(BaseModel):
+    layer: str
+    channel: int
+    channels: int
+    receptive_field: int
+    patches: list[Patch]

@@ -16,6 +16,7 @@ outside. Every error is answered with the body {"error": "<what was wrong>"}.
 
 from __future__ import annotations
 
+import base64
 import gc
 import logging
 import warnings
@@ -28,35 +29,58 @@ import torch
 from PIL import Image
 
 from convlens.artifact import MODEL_ENV
+from convlens.attribution import attribute
+from convlens.embedding import SPRITE_COLUMNS, place, sprite
+from convlens.embedding import features as embedding_features
+from convlens.feedback import FeedbackStore, FeedbackUnavailable, InvalidFeedback
 from convlens.images import FORMATS, MODES, read_image
 from convlens.kernels import KERNELS, convolve2d, max_pool, relu
 from convlens.model import ConvNet, activations, describe
 from convlens.preprocessing import INPUT_SHAPE, normalize, to_mnist
+from convlens.receptive import OutsideLayer, explain_value, receptive_field
+from convlens.top_patches import in_context, patch_picture
 from convlens.visuals import feature_map_grid, filter_grid
-from serving import bentoml_private
-from serving.errors import UnknownLayer, client_error, client_errors
+from serving import bentoml_private, monitoring
+from serving.errors import UnknownLayer, client_error, client_errors, error_response
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
+    MissingInsight,
     ModelUnavailable,
     declared_model,
+    embedding_map_of,
     limit_torch_threads,
     open_model,
+    top_patches_of,
 )
 from serving.middleware import JSONErrors, SpreadConnections
 from serving.openapi import openapi_json
-from serving.rendering import png_response, step
+from serving.rendering import attribution_overlay, png_bytes, png_response, step
 from serving.schemas import (
     PNG,
     BuildingBlocks,
+    Channel,
+    DigitClass,
+    Embedding,
+    ExplainMethod,
+    Explanation,
     FeatureMaps,
+    FeedbackReceipt,
     Filters,
     Format,
     ImageArray,
     ImagePrediction,
+    Index,
     KernelName,
     ModelRef,
+    ModelVersion,
+    Neighbour,
+    Neighbours,
+    Patch,
+    Placement,
     Prediction,
+    ReceptiveField,
+    TopPatches,
 )
 from serving.settings import CONFIG
 from serving.ui_app import ui_app
@@ -82,6 +106,7 @@ bentoml_private.apply()
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
     logging={"access": {"enabled": CONFIG.access_log}},
     metrics={"enabled": CONFIG.metrics},
+    tracing=CONFIG.tracing_options,
     # Recorded in the Bento, so a container built from it serves the model it was built with.
     envs=[{"name": MODEL_ENV, "value": CONFIG.model}],
 )
@@ -96,6 +121,7 @@ class ConvLens:
         answers 503 with the reason instead of exiting (a restart would not help)."""
         limit_torch_threads(CONFIG.torch_threads)
         self.limits = CONFIG.image_limits
+        self._feedback: FeedbackStore | None = None  # opened on first use
         try:
             model = open_model(CONFIG.model)
             self._warm_up(model)
@@ -104,6 +130,7 @@ class ConvLens:
             logger.error("%s; /readyz and the API answer 503 until fixed", MODEL_STATUS.error)
         else:
             MODEL_STATUS.loaded(model)
+        monitoring.start()
         # The ~250k objects of torch, BentoML and pydantic are here for good: moved out of the
         # collector's sight, a full collection no longer stalls every request for ~130 ms.
         gc.collect()
@@ -170,8 +197,12 @@ class ConvLens:
 
         Light or dark background, centred or not: it is made to look like MNIST first.
         """
-        digit = torch.from_numpy(self._digit(image))[None]
-        probabilities = self._forward(digit)[0]
+        with monitoring.counting_no_digit():
+            seen = self._digit(image)
+        probabilities = self._forward(torch.from_numpy(seen)[None])
+        monitoring.record_inputs(seen[None])
+        monitoring.record_prediction(probabilities, self.model.version, "predict")
+        probabilities = probabilities[0]
         return ImagePrediction(
             label=int(probabilities.argmax()),
             probabilities=probabilities.tolist(),
@@ -190,6 +221,8 @@ class ConvLens:
         Concurrent requests are batched into one forward pass (adaptive batching).
         """
         probabilities = self._forward(torch.from_numpy(images))
+        monitoring.record_inputs(images)
+        monitoring.record_prediction(probabilities, self.model.version, "predict_batch")
         return [
             Prediction(label=int(row.argmax()), probabilities=row.tolist()) for row in probabilities
         ]
@@ -243,6 +276,184 @@ class ConvLens:
                 "relu": step(rectified),
                 "pool": step(max_pool(rectified)),
             },
+        )
+
+    @bentoml.api
+    def explain(
+        self,
+        image: Path,
+        method: ExplainMethod = "integrated_gradients",
+        target: DigitClass | None = None,
+        format: Format = "png",
+    ) -> Explanation:
+        """Why the model scores a class (default: the predicted one) as it does on the uploaded
+        digit: Integrated Gradients, Saliency, Grad-CAM (last conv layer, upsampled to 28x28)
+        or Occlusion, by Captum. A PNG over the digit (red: evidence for the class, blue:
+        against; label in X-Predicted-Label, class in X-Explained-Class), or the values."""
+        digit = self._digit(image)
+        probabilities = self._forward(torch.from_numpy(digit)[None])[0]
+        label = int(probabilities.argmax())
+        target = label if target is None else target
+        values = attribute(self.net, torch.from_numpy(digit), target, method).numpy()
+        if format == "png":
+            headers = {"X-Predicted-Label": str(label), "X-Explained-Class": str(target)}
+            return png_response(attribution_overlay(digit, values), headers)
+        return Explanation(
+            method=method,
+            target=target,
+            label=label,
+            probabilities=probabilities.tolist(),
+            shape=list(values.shape),
+            min=float(values.min()),
+            max=float(values.max()),
+            attributions=values.tolist(),
+        )
+
+    @bentoml.api
+    def receptive_field(
+        self, image: Path, layer: str, channel: Index, y: Index, x: Index
+    ) -> ReceptiveField:
+        """How one value of a conv or pooling layer's output comes about on the uploaded digit:
+        the input pixels it sees (its receptive field) and its arithmetic with the model's own
+        weights: a conv layer's patch, kernel, bias, sum and ReLU (for many input channels,
+        the largest contributions); a pooling layer's window and its maximum."""
+        self._check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
+        digit = torch.from_numpy(self._digit(image))
+        with client_errors():
+            return ReceptiveField(**explain_value(self.net, digit, layer, channel, y, x))
+
+    def _feedback_store(self) -> FeedbackStore:
+        """The feedback database, opened on first use, and again after a failed open: one
+        that is down when the service starts is used as soon as it is back."""
+        if self._feedback is None:
+            try:
+                self._feedback = FeedbackStore(CONFIG.feedback_url)
+            except InvalidFeedback as error:  # a bad URL: the deployment's fault, not the client's
+                raise FeedbackUnavailable(
+                    f"the feedback database is misconfigured: {error}"
+                ) from None
+        return self._feedback
+
+    @bentoml.api
+    def feedback(
+        self,
+        image: Path,
+        label: DigitClass,
+        predicted: DigitClass | None = None,
+        model_version: ModelVersion | None = None,
+    ) -> FeedbackReceipt:
+        """Tell the service what an uploaded digit really is: the image as sent to /predict,
+        the right label, and what /predict answered (label and model version).
+
+        Stored with the 28x28 digit the model saw, for training. The same image again is the
+        same row (by sha256), whose label becomes the newest one. 503 if the feedback database
+        is down or full: nothing is stored then, and nothing stored before is lost."""
+        digit = self._digit(image)
+        try:
+            sha256, created = self._feedback_store().add(
+                image.read_bytes(), digit, label, predicted, model_version
+            )
+        except FeedbackUnavailable as error:
+            logger.warning("feedback not stored: %s", error)
+            return error_response(error)
+        except InvalidFeedback as error:
+            raise client_error(error) from None
+        if created and predicted is not None and model_version:  # a re-sent image counts once
+            monitoring.record_feedback(model_version, agreed=predicted == label)
+        message = "saved" if created else f"saved before; its label is now {label}"
+        return FeedbackReceipt(sha256=sha256, created=created, label=label, message=message)
+
+    @staticmethod
+    def _data_url(image: Image.Image) -> str:
+        return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+    @bentoml.api
+    def embedding(self) -> Embedding:
+        """The served model's map of 2,000 fixed MNIST test digits: t-SNE of its last hidden
+        layer, computed once by `make package`; positions in [0, 1], with labels and test-set
+        indices. 404 for a model packaged before maps existed."""
+        with client_errors():
+            emap = embedding_map_of(self.model)
+        return Embedding(
+            layer=emap.layer,
+            method="t-SNE",
+            count=len(emap.positions),
+            positions=emap.positions.astype(float).round(4).tolist(),
+            labels=emap.sample.labels.tolist(),
+            test_indices=emap.sample.test_indices.tolist(),
+            sprite_columns=SPRITE_COLUMNS,
+        )
+
+    @bentoml.api
+    def embedding_sprite(self) -> PNG:
+        """The map's digits in one PNG, `sprite_columns` to a row in the order of /embedding."""
+        with client_errors():
+            emap = embedding_map_of(self.model)
+        return png_response(sprite(emap.sample.images))
+
+    @bentoml.api
+    def embed(self, image: Path, neighbours: Neighbours = 10) -> Placement:
+        """Where the uploaded digit falls on the /embedding map, and its nearest map digits
+        (in the last hidden layer) as 28x28 PNG data URLs, nearest first. t-SNE has no
+        transform: the position is the distance-weighted mean of the neighbours' positions."""
+        with client_errors():
+            emap = embedding_map_of(self.model)
+        digit = torch.from_numpy(self._digit(image))[None]
+        with torch.inference_mode():
+            values = embedding_features(self.net, digit)[0]
+            label = int(self._forward(digit)[0].argmax())
+        found = place(values, emap, neighbours)
+        return Placement(
+            label=label,
+            position=found.position.tolist(),
+            neighbours=[
+                Neighbour(
+                    index=int(i),
+                    test_index=int(emap.sample.test_indices[i]),
+                    label=int(emap.sample.labels[i]),
+                    distance=float(d),
+                    position=emap.positions[i].tolist(),
+                    png=self._data_url(Image.fromarray(emap.sample.images[i])),
+                )
+                for i, d in zip(found.neighbours, found.distances, strict=True)
+            ],
+        )
+
+    @bentoml.api
+    def top_patches(self, layer: str, channel: Channel) -> TopPatches:
+        """The nine test-image patches (the channel's receptive field) that excite a conv
+        channel most, strongest first, each also shown in its whole digit (PNG data URLs).
+        404 for a model packaged before top patches existed."""
+        self._check_layer(layer, self.net.conv_layer_names(), "conv")
+        with client_errors():
+            found = top_patches_of(self.model)
+            if layer not in found:
+                raise MissingInsight(f"the served model has no top patches for {layer}")
+            lp = found[layer]
+            if channel >= lp.channels:
+                last = lp.channels - 1
+                raise OutsideLayer(f"channel {channel} is outside {layer}: choose 0-{last}")
+        patches = []
+        for rank in range(lp.patches.shape[1]):
+            y, x = (int(v) for v in lp.positions[channel, rank])
+            field = receptive_field(self.net, layer, y, x)
+            patches.append(
+                Patch(
+                    activation=float(lp.values[channel, rank]),
+                    test_index=int(lp.images[channel, rank]),
+                    y=y,
+                    x=x,
+                    window=field.as_dict(),
+                    png=self._data_url(patch_picture(lp.patches[channel, rank])),
+                    context_png=self._data_url(in_context(lp.digits[channel, rank], field)),
+                )
+            )
+        return TopPatches(
+            layer=layer,
+            channel=channel,
+            channels=lp.channels,
+            receptive_field=lp.size,
+            patches=patches,
         )
 
     @bentoml.api

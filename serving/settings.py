@@ -4,6 +4,7 @@ One frozen `ServingConfig`, read once at import (`CONFIG`), because BentoML need
 count, threads and traffic limits when the `@bentoml.service` class is defined, before any
 instance exists. CONVLENS_MODEL and CONVLENS_WORKERS override `model` and `workers`, so a
 deployment picks the model and the size without editing the file baked into the Bento.
+CONVLENS_FEEDBACK_URL names the database POST /feedback stores in (`feedback_url_from`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from convlens.artifact import MODEL_ENV
+from convlens.feedback import FEEDBACK_URL_ENV, default_url
 from convlens.images import ImageLimits
 from serving.bentoml_private import cpu_count
 
@@ -38,6 +41,15 @@ class ServingConfig:
     max_request_bytes: int
     max_batch_images: int
     image_limits: ImageLimits
+    feedback_url: str = ""  # where POST /feedback stores: `feedback_url_from`
+    tracing: bool = True
+
+    @property
+    def tracing_options(self) -> dict[str, Any]:
+        """BentoML's tracing config: with tracing off, OpenTelemetry's ASGI middleware skips
+        every URL (`excluded_urls`) instead of making a span, and two for its receive and
+        send, for each request that no exporter would ever see."""
+        return {} if self.tracing else {"excluded_urls": ".*"}
 
     @property
     def max_concurrency(self) -> int:
@@ -70,7 +82,16 @@ class ServingConfig:
                 max_bytes=int(limits["max_image_bytes"]),
                 max_pixels=int(limits["max_image_pixels"]),
             ),
+            feedback_url=feedback_url_from(env),
+            tracing=bool(raw.get("tracing", True)),
         )
+
+
+def feedback_url_from(env: Mapping[str, str]) -> str:
+    """CONVLENS_FEEDBACK_URL, else the SQLite file in the BentoML home: the one folder a
+    service is sure to be able to write, wherever it runs (a Bento container too)."""
+    home = env.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")
+    return env.get(FEEDBACK_URL_ENV) or default_url(home)
 
 
 CONFIG = ServingConfig.load()

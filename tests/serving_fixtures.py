@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from convlens.feedback import FEEDBACK_URL_ENV
 from tests.conftest import MODEL_NAME, REPO, TrainedStore
 from tests.harness import ServerError, ServerProcess, free_port
 
@@ -89,6 +90,7 @@ def bentoml_env(home: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("CONVLENS_MODEL", None)
+    env.pop(FEEDBACK_URL_ENV, None)  # never a developer's own feedback store
     env.update(extra)
     return env
 
@@ -173,10 +175,19 @@ def stop(process: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="session")
-def served_server(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
+def served_feedback_url(tmp_path_factory) -> str:
+    """The SQLite file the served service keeps POST /feedback in."""
+    return f"sqlite:///{tmp_path_factory.mktemp('feedback') / 'feedback.db'}"
+
+
+@pytest.fixture(scope="session")
+def served_server(
+    packaged: Packaged, served_feedback_url: str, tmp_path_factory
+) -> Iterator[Server]:
     """`bentoml serve` on the packaged model (one worker), stopped at the end of the session."""
     log = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
-    process, server = start_server(packaged.bentoml_home, log, CONVLENS_MODEL=packaged.model_tag)
+    env = {"CONVLENS_MODEL": packaged.model_tag, FEEDBACK_URL_ENV: served_feedback_url}
+    process, server = start_server(packaged.bentoml_home, log, **env)
     try:
         wait_until_ready(process)
         yield server

@@ -39,10 +39,14 @@ MIN_CASES = 1000
 # other operation must accept every schema-valid request (Schemathesis' defaults).
 SCHEMATHESIS_CONFIG = """
 [[operations]]
-include-path = ["/predict", "/feature_maps", "/preprocessed", "/building_blocks"]
+include-path = [
+    "/predict", "/feature_maps", "/preprocessed", "/building_blocks", "/feedback", "/embed",
+    "/explain", "/receptive_field",
+]
 checks.positive_data_acceptance.expected-statuses = [
     "2xx",
     "400",  # any bytes are "a binary file": empty, not an image, truncated, corrupt
+    # (and /receptive_field: a channel or position its layer lacks; each layer has its own)
     "413",  # an image whose header declares more pixels than the limit
     "415",  # a known format the service does not decode (TIFF, PDF, SVG, ...)
     "422",  # a valid image with no digit in it (blank, or no contrast)

@@ -123,7 +123,8 @@ def image_cards(trained, mlflow_ui, browser, tmp_path_factory) -> ImageCards:
     client = MlflowClient(trained.tracking_uri)
     run = client.get_run(trained.run_id)
     keys = image_keys(client, trained.run_id)
-    assert len(keys) == 22, sorted(keys)  # filters and 10 digits' feature maps, 2 conv layers
+    # filters and 10 digits' feature maps, 2 conv layers; the embedding's PCA (EmbeddingPCA)
+    assert len(keys) == 23 and "embedding/pca" in keys, sorted(keys)
     screenshot = tmp_path_factory.mktemp("mlflow-ui-screenshot") / "model-metrics.png"
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)

@@ -140,7 +140,7 @@ SERVING_SOURCES = [
     *sorted((REPO / "serving").glob("*.py")),
     *(
         REPO / "src" / "convlens" / f"{name}.py"
-        for name in ("preprocessing", "model", "visuals", "kernels", "images", "weights")
+        for name in ("preprocessing", "ink", "model", "visuals", "kernels", "images", "weights")
     ),
 ]
 UNPICKLING_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve"}

@@ -3,23 +3,29 @@ endpoints keep answering.
 
 The session server runs one worker, so it holds threads x max_in_flight_per_thread requests
 (`serving/config.yaml`). The load test keeps twice that many requests outstanding for a fixed
-few seconds over loopback, and records throughput, latency percentiles and error kinds in
-`overload.json` under the test's tmp dir (and one line of test output). It asserts only
-functional bounds: every answer is a 200 or a quick 429/503, never a timeout or a 5xx of
-another kind, and /livez and /readyz answer throughout.
+few seconds over loopback, with `benchmarks.loadgen` in two processes of their own (2 of 3
+clients on /predict, the rest on /predict_batch: raw keep-alive sockets, latency per status),
+while this process probes /livez and /readyz. It records throughput, latency percentiles and
+answers by status in `overload.json` under the test's tmp dir (and one line of test output),
+and asserts only functional bounds: every answer is a 200 or a quick 429/503, never a socket
+error, a timeout or a 5xx of another kind, and /livez and /readyz answer throughout. Speed is
+`make bench`'s (`benchmarks.peers`, overload).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import httpx
 import numpy as np
 
-from tests.harness import digit_png
+from benchmarks.loadgen import PREFIX
+from tests.harness import REPO, digit_png
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -56,71 +62,84 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-async def run_load(url: str, clients: int, duration: float) -> dict:
-    """`clients` loops, each with one request always outstanding (2 of 3 on /predict, the rest
-    on /predict_batch), plus a prober of /livez and /readyz, for `duration` seconds."""
-    # Bodies encoded once, so that the client spends its CPU on sending, not on encoding.
-    image = httpx.Request("POST", url, files={"image": ("d.png", digit_png(), "image/png")})
-    upload = {"content": image.read(), "headers": {"content-type": image.headers["content-type"]}}
-    batch = {
-        "content": json.dumps({"images": [np.zeros((28, 28), np.uint8).tolist()]}).encode(),
-        "headers": {"content-type": "application/json"},
+def bodies(folder) -> dict[str, tuple]:
+    """The two request bodies, written once: (file, content type) for `benchmarks.loadgen`."""
+    image = httpx.Request("POST", "http://x", files={"image": ("d.png", digit_png(), "image/png")})
+    batch = json.dumps({"images": [np.zeros((28, 28), np.uint8).tolist()]}).encode()
+    (folder / "predict.body").write_bytes(image.read())
+    (folder / "batch.body").write_bytes(batch)
+    return {
+        "/predict": (folder / "predict.body", image.headers["content-type"]),
+        "/predict_batch": (folder / "batch.body", "application/json"),
     }
-    results: list[tuple[str, int | str, float]] = []  # (route, status or error kind, seconds)
+
+
+def load_process(url: str, body: tuple, clients: int, duration: float) -> subprocess.Popen:
+    path, content_type = body
+    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(path)]
+    command += ["--content-type", content_type, "--connections", str(clients)]
+    command += ["--seconds", str(duration)]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
+def run_load(url: str, clients: int, duration: float, folder) -> dict:
+    """`clients` connections, each with one request always outstanding (2 of 3 on /predict,
+    the rest on /predict_batch), plus a prober of /livez and /readyz, for `duration` seconds."""
+    found = bodies(folder)
+    batch_clients = clients // 3
+    loads = {
+        "/predict": load_process(
+            f"{url}/predict", found["/predict"], clients - batch_clients, duration
+        ),
+        "/predict_batch": load_process(
+            f"{url}/predict_batch", found["/predict_batch"], batch_clients, duration
+        ),
+    }
     probes: list[tuple[str, int | str, float]] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    deadline = time.monotonic() + duration
 
-    async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S, limits=limits) as http:
-
-        async def client(number: int) -> None:
-            route = "/predict_batch" if number % 3 == 2 else "/predict"
+    async def prober() -> None:
+        deadline = time.monotonic() + duration
+        async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as own:
             while time.monotonic() < deadline:
-                start = time.monotonic()
-                try:
-                    body = upload if route == "/predict" else batch
-                    response = await http.post(route, **body)
-                    outcome: int | str = response.status_code
-                    if outcome == 200:
-                        body = response.json()
-                        row = body[0] if isinstance(body, list) else body
-                        assert abs(sum(row["probabilities"]) - 1) <= 1e-5
-                except httpx.HTTPError as error:
-                    outcome = type(error).__name__
-                results.append((route, outcome, time.monotonic() - start))
+                for path in ("/livez", "/readyz"):
+                    start = time.monotonic()
+                    try:
+                        outcome: int | str = (await own.get(path)).status_code
+                    except httpx.HTTPError as error:
+                        outcome = type(error).__name__
+                    probes.append((path, outcome, time.monotonic() - start))
+                await asyncio.sleep(PROBE_EVERY_S)
 
-        async def prober() -> None:
-            async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as own:
-                while time.monotonic() < deadline:
-                    for path in ("/livez", "/readyz"):
-                        start = time.monotonic()
-                        try:
-                            outcome: int | str = (await own.get(path)).status_code
-                        except httpx.HTTPError as error:
-                            outcome = type(error).__name__
-                        probes.append((path, outcome, time.monotonic() - start))
-                    await asyncio.sleep(PROBE_EVERY_S)
+    asyncio.run(prober())
+    results = {}
+    for route, process in loads.items():
+        out = process.communicate(timeout=duration + 120)[0]
+        line = next(x for x in out.splitlines() if x.startswith(PREFIX))
+        results[route] = json.loads(line[len(PREFIX) :])
+    outcomes = Counter()
+    for found_route in results.values():
+        outcomes.update(found_route["statuses"])
+        outcomes.update({k: v for k, v in found_route["socket_errors"].items() if v})
+    elapsed = max(r["seconds"] for r in results.values())
 
-        started = time.monotonic()
-        await asyncio.gather(prober(), *(client(i) for i in range(clients)))
-        elapsed = time.monotonic() - started
+    def latency(*statuses: str) -> dict | None:  # /predict's, else /predict_batch's
+        for route in ("/predict", "/predict_batch"):
+            for status in statuses:
+                if status in results[route]["latency_ms_by_status"]:
+                    return results[route]["latency_ms_by_status"][status]
+        return None
 
-    ok = [seconds for _, outcome, seconds in results if outcome == 200]
-    refused = [seconds for _, outcome, seconds in results if outcome in (429, 503)]
     return {
         "clients": clients,
         "duration_s": round(elapsed, 2),
-        "requests": len(results),
-        "requests_per_s": round(len(results) / elapsed, 1),
-        "ok_per_s": round(len(ok) / elapsed, 1),
-        "outcomes": dict(Counter(str(outcome) for _, outcome, _ in results)),
-        "outcomes_by_route": {
-            route: dict(Counter(str(o) for r, o, _ in results if r == route))
-            for route in ("/predict", "/predict_batch")
-        },
-        "latency_ms_ok": percentiles(ok),
-        "latency_ms_refused": percentiles(refused),
-        "latency_ms_all": percentiles([seconds for *_, seconds in results]),
+        "requests": sum(r["requests"] for r in results.values()),
+        "requests_per_s": round(sum(r["requests"] for r in results.values()) / elapsed, 1),
+        "ok_per_s": round(outcomes.get("200", 0) / elapsed, 1),
+        "outcomes": dict(outcomes),
+        "outcomes_by_route": {route: r["statuses"] for route, r in results.items()},
+        "latency_ms_ok": latency("200"),
+        "latency_ms_refused": latency("429", "503"),
+        "oldest_unanswered_ms": max(r["oldest_unanswered_ms"] for r in results.values()),
         "probes": dict(Counter(f"{path} {outcome}" for path, outcome, _ in probes)),
         "latency_ms_probes": percentiles([seconds for *_, seconds in probes]),
     }
@@ -129,7 +148,7 @@ async def run_load(url: str, clients: int, duration: float) -> dict:
 def test_twice_the_capacity_gets_fast_refusals_and_health_keeps_answering(served, tmp_path, capsys):
     info = httpx.post(f"{served}/model_info", timeout=30).json()["traffic"]
     capacity = info["max_concurrency"]  # this one-worker server's whole capacity
-    report = asyncio.run(run_load(served, 2 * capacity, DURATION_S))
+    report = run_load(served, 2 * capacity, DURATION_S, tmp_path)
     report["capacity"] = capacity
     report["server_timeout_s"] = info["timeout_s"]
     (tmp_path / "overload.json").write_text(json.dumps(report, indent=2))
@@ -154,6 +173,7 @@ def test_twice_the_capacity_gets_fast_refusals_and_health_keeps_answering(served
     assert fast["p50"] <= ok["p50"], (fast, ok)
     assert fast["max"] < timeout_ms / 3, fast
     assert ok["max"] < timeout_ms / 2, ok
+    assert report["oldest_unanswered_ms"] < timeout_ms / 2, report  # none piled up either
     # The health endpoints bypass the limit: they answered 200 all along.
     probes = report["probes"]
     assert set(probes) == {"/livez 200", "/readyz 200"}, probes

@@ -73,3 +73,31 @@ def test_specks_that_vanish_when_scaled_down_are_no_digit():
 def test_blank_image_has_no_digit():
     with pytest.raises(NoDigitError):
         to_mnist(Image.new("L", (50, 50), 255))
+
+
+def paper_under_a_shadow(ink: np.ndarray) -> np.ndarray:
+    """`ink` (white on black, 0-255) as grey ink on paper lit from the left: the paper's right
+    side (0.35) is darker than the ink on its left (0.45)."""
+    h, w = ink.shape
+    light = np.linspace(1.0, 0.35, w)[None, :].repeat(h, axis=0)
+    rng = np.random.default_rng(0)
+    paper = light * (1 - 0.55 * ink / 255) + rng.normal(0, 0.01, (h, w))
+    return (np.clip(paper, 0, 1) * 255).astype(np.uint8)
+
+
+def test_to_mnist_reads_ink_under_a_shadow_as_on_a_flat_page():
+    digit = np.zeros((300, 400), np.uint8)
+    digit[60:240, 60:100] = 255  # the bar, on the bright side
+    seen = to_mnist(Image.fromarray(paper_under_a_shadow(digit))).astype(float)
+    clean = to_mnist(Image.fromarray(digit)).astype(float)
+    assert np.corrcoef(seen.ravel(), clean.ravel())[0, 1] > 0.9
+
+
+def test_to_mnist_leaves_a_ruled_line_across_the_page_out_of_the_digit():
+    digit = np.zeros((300, 400), np.uint8)
+    digit[60:240, 180:220] = 255
+    lined = digit.copy()
+    lined[270:273, :] = 200  # a ruled line under the digit, across the page
+    seen = to_mnist(Image.fromarray(paper_under_a_shadow(lined))).astype(float)
+    clean = to_mnist(Image.fromarray(digit)).astype(float)
+    assert np.corrcoef(seen.ravel(), clean.ravel())[0, 1] > 0.9

@@ -15,7 +15,7 @@ from tests.conftest import MODEL_NAME, REPO, run_train, spawn_train
 from tests.harness import free_port
 from tests.mlflow_server import MlflowServer
 
-OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "120"))
+OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "60"))
 # Many short epochs, bounded by time rather than count, so training outlasts the outage
 # however fast the machine is.
 ARGS = [

@@ -4,6 +4,8 @@
     uv run --frozen python -m tests.ui_screenshot --url http://127.0.0.1:3000 --out docs/ui.png
     # or from the browser test, against the test suite's own served model:
     CONVLENS_SCREENSHOT=docs/ui.png uv run --frozen pytest tests/test_ui.py
+    # the "why?" views (docs/explain.png, docs/receptive_field.png):
+    uv run --frozen python -m tests.ui_screenshot --url http://127.0.0.1:3000 --explain
     # regenerate the page's sample digits from the MNIST test set:
     uv run --frozen python -m tests.ui_screenshot --samples
 
@@ -180,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
         "--samples", action="store_true", help="regenerate serving/ui/samples/ from MNIST"
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="write docs/explain.png and docs/receptive_field.png (into --out's folder)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("CONVLENS_DATA_DIR", REPO / "data")),
@@ -191,8 +198,80 @@ def main(argv: list[str] | None = None) -> None:
             where = SAMPLES_DIR / sample["file"]
             print(f"{where}: test image {sample['index']}, a {sample['label']}")
         return
+    if args.explain:
+        for path in explain_screenshots(args.url, args.out.parent, args.sample or 7):
+            print(f"{path}: {path.stat().st_size / 1000:.0f} kB")
+        return
     path = take_screenshot(args.url, args.out, args.sample)
     print(f"{path}: {path.stat().st_size / 1000:.0f} kB")
+
+
+# ------------------------------------------------------------------ the "why?" views
+
+
+def explain_digit(page, digit: int, method: str, timeout_ms: float = 120_000) -> None:
+    """Click the probability bar of `digit`, pick `method`, wait for its evidence map."""
+    page.locator(f'#bars .bar[data-digit="{digit}"]').click()
+    page.locator(f'#explain-methods input[value="{method}"]').check()
+    page.wait_for_function(
+        f"() => document.getElementById('explain').dataset.shown === '{digit}/{method}'"
+        " && document.getElementById('explain-map').naturalWidth > 0",
+        timeout=timeout_ms,
+    )
+
+
+def receptive_click(
+    page, grid: int, channel_steps: int, at: tuple[float, float], timeout_ms: float = 60_000
+) -> dict:
+    """Enlarge a channel of feature-map grid `grid`, click the zoom at `at` (fractions), and
+    wait for the receptive field panel; returns its data attributes."""
+    page.locator(".map .grid-wrap").nth(grid).focus()
+    page.keyboard.press("Home")
+    for _ in range(channel_steps):
+        page.keyboard.press("ArrowRight")
+    layer = page.locator(".map").nth(grid).get_attribute("data-layer")
+    page.wait_for_function(
+        f"() => document.getElementById('zoom-title').textContent.startsWith('{layer} ')"
+        " && /values/.test(document.getElementById('zoom-info').textContent)",
+        timeout=timeout_ms,
+    )
+    page.evaluate("document.getElementById('receptive').dataset.state = ''")
+    box = page.locator("#zoom").bounding_box()
+    page.mouse.click(box["x"] + at[0] * box["width"], box["y"] + at[1] * box["height"])
+    page.wait_for_function(
+        "() => document.getElementById('receptive').dataset.state === 'done'", timeout=timeout_ms
+    )
+    return page.evaluate("({...document.getElementById('receptive').dataset})")
+
+
+def save_explain_screenshots(page, out_dir: Path) -> list[Path]:
+    """docs/explain.png (the prediction card, Integrated Gradients for the label) and
+    docs/receptive_field.png (the zoom panel explaining a conv1 value)."""
+    label = page.locator("#label").inner_text()
+    explain_digit(page, int(label), "integrated_gradients")
+    paths = [save_compact(page.locator("#results").screenshot(), out_dir / "explain.png")]
+    receptive_click(page, 0, channel_steps=2, at=(0.5, 0.45))
+    page.evaluate("document.activeElement.blur()")
+    shot = page.locator(".maps-layout .zoom").screenshot()
+    paths.append(save_compact(shot, out_dir / "receptive_field.png"))
+    return paths
+
+
+def explain_screenshots(base_url: str, out_dir: Path, sample_index: int = 7) -> list[Path]:
+    """Open the page, pick sample `sample_index`, and save the "why?" views' screenshots."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            open_page(page, base_url)
+            before = settled(page)
+            page.locator("#samples button").nth(sample_index).click()
+            assert wait_for_results(page, before) == "done", page.locator("#status").inner_text()
+            return save_explain_screenshots(page, out_dir)
+        finally:
+            browser.close()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 import { api, imageForm, isAbort } from "./api.js";
 import { $, el, showBlob } from "./dom.js";
-import { channelOf, drawZoom } from "./zoom.js";
+import { createReceptive } from "./receptive.js";
+import { channelOf, drawZoom, showTopPatches } from "./zoom.js";
 
 // The conv and pooling layers /model_info lists, in order: {name, type, shape: [C, H, W], conv}.
 export function spatialLayers(info) {
@@ -60,6 +61,7 @@ export function createFeatureMaps(layers) {
   let signal; // aborts the current input's requests
   let mapJson = new Map(); // layer -> Promise of its JSON activations, for the current input
   let selected = null; // {layer, channel, pinned}
+  const receptive = createReceptive(() => input); // a clicked pixel of the enlarged channel
 
   function markTile(layerName, channel) {
     for (const figure of document.querySelectorAll(".map")) {
@@ -101,6 +103,7 @@ export function createFeatureMaps(layers) {
     if (!layer) return;
     selected = { layer: layerName, channel, pinned };
     markTile(layerName, channel);
+    showTopPatches(layerName, channel, layers.filter((l) => l.conv).map((l) => l.name));
     const label = `${layerName} channel ${channel + 1} of ${layer.shape[0]}`;
     const asked = generation;
     $("zoom-info").textContent = `${label}: loading…`;
@@ -110,6 +113,7 @@ export function createFeatureMaps(layers) {
         return;
       const channelData = channelOf(data, channel);
       channelData.label = label;
+      Object.assign(channelData, { layer: layerName, channel });
       drawZoom(channelData, `${layerName} · channel ${channel + 1}`);
     } catch (error) {
       if (!isAbort(error) && error.message !== "no input")
@@ -190,6 +194,7 @@ export function createFeatureMaps(layers) {
     // A new input is on its way: answers for the previous one no longer count.
     invalidate() {
       generation++;
+      receptive.clear();
     },
 
     // Forget the input (the pad is empty): the zoom has nothing to ask for.

@@ -1,7 +1,9 @@
 // The model card: the badge in the header, the facts (registered model, version, test accuracy,
-// MLflow run, input) and the architecture table, all from the service's /model_info.
+// MLflow run, input) and the architecture table, all from the service's /model_info; and what
+// it has served so far, from /metrics (model-stats.js).
 
 import { $, el } from "./dom.js";
+import { watchModelStats } from "./model-stats.js";
 
 const present = (value) => value !== undefined && value !== null && value !== "";
 
@@ -88,6 +90,7 @@ export function showModelUnavailable() {
 }
 
 export async function showModelCard(info) {
+  watchModelStats();
   const name = present(info.name) ? info.name : "model";
   const version = present(info.version) ? info.version : undefined;
   const runId = info.run_id;

@@ -4,6 +4,7 @@
 
 import { api, imageForm, isAbort } from "./api.js";
 import { $, el, showBlob } from "./dom.js";
+import { createExplain } from "./explain.js";
 import { drawZoom } from "./zoom.js";
 
 const DEBOUNCE_MS = 250;
@@ -41,7 +42,8 @@ function showPrediction(data) {
         {
           className: digit === label ? "bar top" : "bar",
           role: "listitem",
-          "aria-label": `${digit}: ${text}%`,
+          "aria-label": `${digit}: ${text}%. Show why`,
+          tabindex: "0",
           dataset: { digit: String(digit), p: String(value) },
         },
         el("span", { className: "digit", "aria-hidden": "true" }, String(digit)),
@@ -66,14 +68,26 @@ function showStale() {
 // `parts` (set with use()): the pad, and once /model_info has answered, the feature maps and
 // the building blocks; the views that do not exist yet are skipped.
 export function createEvaluator() {
-  const parts = { pad: null, maps: null, blocks: null };
+  const parts = { pad: null, maps: null, blocks: null, feedback: null };
   let generation = 0;
   let controller = null;
   let timer = null;
   let firstScheduled = 0;
+  const explain = createExplain(); // a clicked bar: the evidence for its class
+  const explainBar = (target) => {
+    const bar = target.closest(".bar");
+    if (bar) explain.pick(Number(bar.dataset.digit));
+  };
+  $("bars").addEventListener("click", (event) => explainBar(event.target));
+  $("bars").addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault();
+    explainBar(event.target);
+  });
 
   function clearViews() {
     $("bars").replaceChildren();
+    explain.clear();
     showBlob($("preprocessed"), null);
     parts.maps?.clear();
     parts.blocks?.clear();
@@ -108,6 +122,7 @@ export function createEvaluator() {
     const mine = ++generation;
     document.body.dataset.generation = String(mine);
     parts.maps?.invalidate();
+    parts.feedback?.hide();
     if (!parts.pad.hasInk()) {
       controller = null;
       showEmpty();
@@ -126,7 +141,12 @@ export function createEvaluator() {
 
     const prediction = api("/predict", { form: imageForm(blob), signal })
       .then((r) => r.json())
-      .then((data) => current() && showPrediction(data));
+      .then((data) => {
+        if (!current()) return;
+        showPrediction(data);
+        explain.update(blob);
+        parts.feedback?.offer(blob, data); // "Right?" about exactly this image
+      });
     const tasks = [
       prediction,
       api("/preprocessed", { form: imageForm(blob), signal })

@@ -1,7 +1,8 @@
 // The zoom panel beside the feature maps: one channel's activations drawn large in the
 // service's viridis colours, with its value range and the value under the mouse.
 
-import { $ } from "./dom.js";
+import { api } from "./api.js";
+import { $, el } from "./dom.js";
 
 // matplotlib's viridis at 0, 16, ..., 240, 255: the service's feature-map colours.
 const VIRIDIS_AT = [0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 255];
@@ -82,3 +83,55 @@ zoom.addEventListener("mousemove", (event) => {
   if (x >= 0 && y >= 0 && x < zoomData.w && y < zoomData.h) zoomInfo(x, y);
 });
 zoom.addEventListener("mouseleave", () => zoomInfo());
+
+// The channel drawn now ({values, h, w, label, layer, channel}), or null: receptive.js asks.
+export const zoomedChannel = () => zoomData;
+
+// What excites an enlarged conv channel most: its nine top test patches (/top_patches), each
+// shown in its digit with the receptive field outlined. Pooling layers have none: hidden.
+const patchCache = new Map(); // "layer/channel" -> Promise of /top_patches' answer
+let patchesWanted = "";
+
+export async function showTopPatches(layer, channel, convLayers) {
+  const box = $("top-patches");
+  const key = `${layer}/${channel}`;
+  patchesWanted = key;
+  if (!convLayers.includes(layer)) {
+    box.hidden = true;
+    return;
+  }
+  if (!patchCache.has(key)) {
+    const request = api("/top_patches", { json: { layer, channel } }).then((r) => r.json());
+    request.catch(() => patchCache.delete(key));
+    patchCache.set(key, request);
+  }
+  try {
+    const data = await patchCache.get(key);
+    if (patchesWanted !== key) return;
+    $("top-patches-grid").replaceChildren(
+      ...data.patches.map((p) =>
+        el(
+          "figure",
+          {},
+          el("img", {
+            src: p.context_png,
+            alt: `Test digit ${p.test_index}, ${data.receptive_field}×${data.receptive_field} patch at (${p.window.top}, ${p.window.left})`,
+            title: `test digit #${p.test_index}: activation ${p.activation.toFixed(2)}`,
+          }),
+          p.activation.toFixed(2),
+        ),
+      ),
+    );
+    $("top-patches-info").textContent =
+      `${layer} channel ${channel + 1}: the ${data.patches.length} test digits that excite it ` +
+      `most, its ${data.receptive_field}×${data.receptive_field} receptive field outlined.`;
+    box.dataset.channel = key;
+    box.hidden = false;
+  } catch (error) {
+    if (patchesWanted !== key) return;
+    $("top-patches-grid").replaceChildren();
+    $("top-patches-info").textContent = error.message;
+    box.dataset.channel = "";
+    box.hidden = false;
+  }
+}

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 LOGGED_MODEL = "model"  # log_model(name=...): one logged model per run
 EXTRA_FILES = "extra_files"  # the folder inside it holding FILES
 FILES = (WEIGHTS_FILE, ARCHITECTURE_FILE)
+# Optional files, logged when training wrote them: a model logged before they existed lacks
+# them, and packaging and serving carry on without (the endpoints that need one say so).
+TOP_PATCHES_FILE = "top_patches.npz"  # convlens.top_patches: what each conv channel looks for
+EMBEDDING_SAMPLE_FILE = "embedding_sample.npz"  # convlens.embedding: the fixed test digits
+OPTIONAL_FILES = (TOP_PATCHES_FILE, EMBEDDING_SAMPLE_FILE)
+EMBEDDING_FILE = "embedding.npz"  # in the BentoML model only: the t-SNE map `make package` made
 
 # Tags on the logged model and on the registered version.
 WEIGHTS_SHA256 = "weights_sha256"
@@ -49,12 +55,16 @@ class Label:
 
 __all__ = [
     "ARCHITECTURE_FILE",
+    "EMBEDDING_FILE",
+    "EMBEDDING_SAMPLE_FILE",
     "EXTRA_FILES",
     "FILES",
     "LOGGED_MODEL",
     "Label",
     "MODEL_ENV",
+    "OPTIONAL_FILES",
     "TEST_ACC",
+    "TOP_PATCHES_FILE",
     "WEIGHTS_FILE",
     "WEIGHTS_SHA256",
     "download_files",
@@ -115,7 +125,8 @@ def log_model(tracking_uri: str, run_id: str, folder: Path) -> str:
             name=LOGGED_MODEL,
             signature=mlflow.models.infer_signature(example, output),
             input_example=example,
-            extra_files=[str(folder / name) for name in FILES],
+            extra_files=[str(folder / name) for name in FILES]
+            + [str(folder / name) for name in OPTIONAL_FILES if (folder / name).exists()],
             code_paths=[str(Path(convlens.__file__).parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
             serialization_format="pickle",

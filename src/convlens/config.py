@@ -9,9 +9,10 @@ the same thing to every step. `Settings` is what those steps need of it, checked
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -28,6 +29,22 @@ class ConfigError(UserError):
 
 
 @dataclass(frozen=True)
+class FeedbackGate:
+    """`registry.feedback_*`: how far a challenger may fall below the champion's feedback/acc
+    on the same hold-out, and from how many held-out digits that comparison counts."""
+
+    max_drop: float
+    min_holdout: int
+
+    @classmethod
+    def of(cls, registry: Mapping[str, Any]) -> FeedbackGate | None:
+        """From the `registry` config (or a run's copy of it); None when it has no gate keys."""
+        if "feedback_max_drop" not in registry:
+            return None
+        return cls(float(registry["feedback_max_drop"]), int(registry["feedback_min_holdout"]))
+
+
+@dataclass(frozen=True)
 class Settings:
     """The names and places a release step works with, as the config resolves them."""
 
@@ -40,6 +57,7 @@ class Settings:
     test_subset: int | None
     bentoml_home: str
     mlflow_ui: str
+    feedback_gate: FeedbackGate | None = None  # None: a registry config without the keys
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Settings:
@@ -60,6 +78,7 @@ class Settings:
             test_subset=cfg.data.get("test_subset"),
             bentoml_home=str(Path(cfg.paths.bentoml_home).resolve()),
             mlflow_ui=str(cfg.paths.mlflow_ui).rstrip("/"),
+            feedback_gate=FeedbackGate.of(cfg.registry),
         )
 
     def use_bentoml_home(self) -> None:

@@ -6,18 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 
 from convlens import UserError
+from convlens.augment import Augmentations
 from convlens.preprocessing import normalize
 
 
 class DataError(UserError):
     """The dataset cannot be found or fetched; the message says where and how to fix it."""
 
+
+FEEDBACK_LOADER = 1  # the test loader index of the feedback hold-out (`test_dataloader`)
 
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -73,18 +75,6 @@ def load_mnist(root: str, train: bool, download: bool) -> tuple[torch.Tensor, to
     return dataset.data, dataset.targets
 
 
-def random_shift(images: torch.Tensor, max_pixels: int, generator=None) -> torch.Tensor:
-    """Shift each image of a float NCHW batch by up to `max_pixels`, filling with the minimum."""
-    n = images.shape[0]
-    shift = torch.randint(-max_pixels, max_pixels + 1, (n, 2), generator=generator)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = shift.float() * 2 / images.shape[-1]
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
-    fill = images.amin()
-    return F.grid_sample(images - fill, grid, align_corners=False, padding_mode="zeros") + fill
-
-
 class MNISTDataModule(LightningDataModule):
     """Train/val split of the 60k set (seeded), the official 10k as test."""
 
@@ -101,16 +91,35 @@ class MNISTDataModule(LightningDataModule):
         test_subset: int | None = None,
         augment: bool = False,
         num_workers: int = 0,
+        augmentations: dict[str, float] | None = None,
+        feedback: bool = False,
+        feedback_url: str | None = None,
+        feedback_holdout: int = 5,
+        feedback_repeat: int = 20,
     ):
         super().__init__()
         # Not logged as params: a run's params are chosen in conf (run_params), and its data
         # is recorded as dataset inputs (convlens.run_record).
         self.save_hyperparameters(logger=False)
         self.train_set = self.val_set = self.test_set = None
+        self.feedback_set: TensorImages | None = None  # the feedback hold-out, when there is one
+        # Without an explicit `augmentations`, `augment=true` keeps its old meaning: 2 px shifts.
+        self.augmentations = Augmentations.of(augmentations or {"shift": 2})
+        self._feedback = None
 
     def prepare_data(self) -> None:
         load_mnist(self.hparams.root, train=True, download=self.hparams.download)
         load_mnist(self.hparams.root, train=False, download=self.hparams.download)
+        self.feedback_split()  # an unusable feedback store fails here, before any run exists
+
+    def feedback_split(self):
+        """The stored user digits split by sha256 (`convlens.feedback_data`), read once; None
+        unless `feedback=true`."""
+        if self.hparams.feedback and self._feedback is None:
+            from convlens.feedback_data import load_split
+
+            self._feedback = load_split(self.hparams.feedback_url, self.hparams.feedback_holdout)
+        return self._feedback
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -122,11 +131,52 @@ class MNISTDataModule(LightningDataModule):
         train_idx = train_idx[: hp.subset] if hp.subset else train_idx
         val_idx = val_idx[: hp.val_subset] if hp.val_subset else val_idx
         self.train_set = TensorImages(images[train_idx], labels[train_idx])
+        if self.hparams.feedback:
+            self.train_set, self.feedback_set = self._with_feedback(self.train_set)
         self.val_set = TensorImages(images[val_idx], labels[val_idx])
         test_images, test_labels = load_mnist(hp.root, train=False, download=False)
         if hp.test_subset:
             test_images, test_labels = test_images[: hp.test_subset], test_labels[: hp.test_subset]
         self.test_set = TensorImages(test_images, test_labels)
+
+    def _with_feedback(self, train: TensorImages) -> tuple[TensorImages, TensorImages | None]:
+        """MNIST's training split plus the feedback training part `feedback_repeat` times
+        (oversampled: a few hundred digits among 55k would otherwise barely move the
+        weights), and the hold-out as its own set."""
+        found = self.feedback_split()
+        repeat = max(1, int(self.hparams.feedback_repeat))
+        images = torch.cat([train.images, found.train.images.repeat(repeat, 1, 1)])
+        labels = torch.cat([train.labels, found.train.labels.repeat(repeat)])
+        holdout = found.holdout
+        return TensorImages(images, labels), (
+            TensorImages(holdout.images, holdout.labels) if len(holdout) else None
+        )
+
+    def feedback_recipes(self) -> dict[str, dict[str, Any]]:
+        """Per feedback part (`feedback-train`, `feedback-holdout`): what decides its
+        examples (their sha256s and labels, as a digest; the hold-out rule; the oversampling)
+        and how many there are. Empty unless `feedback=true`."""
+        found = self.feedback_split()
+        if found is None:
+            return {}
+        from convlens.feedback_data import HOLDOUT, TRAIN
+
+        rule = {"holdout_every": self.hparams.feedback_holdout}
+        return {
+            TRAIN: {
+                **rule,
+                "examples_digest": found.train.digest(),
+                "repeat": self.hparams.feedback_repeat,
+                "examples": len(found.train),
+                "source": found.source,
+            },
+            HOLDOUT: {
+                **rule,
+                "examples_digest": found.holdout.digest(),
+                "examples": len(found.holdout),
+                "source": found.source,
+            },
+        }
 
     def split_recipes(self) -> dict[str, dict[str, Any]]:
         """Per split, what decides its examples as `setup` picks them: the idx files, the
@@ -145,6 +195,7 @@ class MNISTDataModule(LightningDataModule):
                 **split,
                 "subset": hp.subset or None,
                 "augment": bool(hp.augment),
+                **({"augmentations": self.augmentations.describe()} if hp.augment else {}),
                 "examples": min(hp.subset or n_train, n_train),
             },
             "validation": {
@@ -177,7 +228,7 @@ class MNISTDataModule(LightningDataModule):
         images, labels = batch
         images = normalize(images)
         if self.hparams.augment and self.trainer is not None and self.trainer.training:
-            images = random_shift(images, max_pixels=2)
+            images = self.augmentations(images)
         return images, labels
 
     def train_dataloader(self) -> DataLoader:
@@ -186,8 +237,12 @@ class MNISTDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """MNIST's test set; with a feedback hold-out, that too, second (`FEEDBACK_LOADER`)."""
+        test = self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+        if self.feedback_set is None:
+            return test
+        return [test, self._loader(self.feedback_set, self.hparams.eval_batch_size, shuffle=False)]
 
 
 def one_per_digit(labels: torch.Tensor) -> list[int]:

@@ -11,6 +11,7 @@ from pytorch_lightning import LightningModule
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from convlens.data import FEEDBACK_LOADER
 from convlens.model import ConvNet
 
 
@@ -39,6 +40,7 @@ class Classifier(LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.feedback_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.val_acc_best = MaxMetric()
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -116,11 +118,17 @@ class Classifier(LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Names without Lightning's "/dataloader_idx_<i>": with the feedback hold-out as a
+        # second test loader (`MNISTDataModule.test_dataloader`), test/acc keeps its name.
         loss, preds, labels = self._step(batch)
+        if dataloader_idx == FEEDBACK_LOADER:
+            self.feedback_acc(preds, labels)
+            self.log("feedback/acc", self.feedback_acc, on_epoch=True, add_dataloader_idx=False)
+            return
         self.test_acc(preds, labels)
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
-        self.log("test/acc", self.test_acc, on_epoch=True)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
+        self.log("test/acc", self.test_acc, on_epoch=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

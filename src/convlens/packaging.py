@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,8 +25,10 @@ from mlflow import MlflowClient
 from convlens import UserError
 from convlens.artifact import (
     ARCHITECTURE_FILE,
+    EMBEDDING_SAMPLE_FILE,
     FILES,
     MODEL_ENV,
+    OPTIONAL_FILES,
     TEST_ACC,
     WEIGHTS_FILE,
     WEIGHTS_SHA256,
@@ -126,10 +129,26 @@ def import_champion(client: MlflowClient, champ: Champion) -> tuple[str, bool]:
             "architecture": json.loads((files / ARCHITECTURE_FILE).read_text()),
             "files": list(FILES),
         }
+        extras = [name for name in OPTIONAL_FILES if (files / name).exists()]
+        metadata["optional_files"] = extras
         with bentoml.models.create(champ.bento_tag, labels=labels, metadata=metadata) as model:
-            for name in FILES:
+            for name in FILES + tuple(extras):
                 shutil.copyfile(files / name, model.path_of(name))
+            add_embedding_map(files, Path(model.path))
     return champ.bento_tag, True
+
+
+def add_embedding_map(files: Path, folder: Path) -> Path | None:
+    """The served model's t-SNE map of the logged embedding sample (`convlens.embedding`),
+    computed once, here, into the BentoML model's `EMBEDDING_FILE`; None for a model logged
+    before the sample existed (the service then says the map is missing)."""
+    if not (files / EMBEDDING_SAMPLE_FILE).exists():
+        return None
+    from convlens.embedding import Sample, build_map
+    from convlens.weights import load_weights
+
+    net = load_weights(files)
+    return build_map(net, Sample.load(files / EMBEDDING_SAMPLE_FILE)).save(folder)
 
 
 def locked_requirements() -> list[str]:

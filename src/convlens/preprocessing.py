@@ -2,7 +2,10 @@
 
 Training sees MNIST, which is already 28x28, centred, white-on-black. Serving sees whatever a
 person uploads, so `to_mnist` redoes the steps LeCun et al. used to make MNIST from scanned
-digits, and both paths end in the same `normalize`.
+digits, and both paths end in the same `normalize`. Before those steps, `convlens.ink` finds
+the digit in the upload: in a clean image that is every mark on a flat background; in a phone
+photo of paper it is the main strokes, once uneven light, texture, specks, ruled lines and the
+page's edge are told apart from them.
 """
 
 from __future__ import annotations
@@ -11,15 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.ink import NoDigitError, digit_ink
+
+__all__ = ["DIGIT_BOX", "IMAGE_SIZE", "INPUT_SHAPE", "NoDigitError", "normalize", "to_mnist"]
+
 IMAGE_SIZE = 28
 DIGIT_BOX = 20
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 INPUT_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
-
-
-class NoDigitError(ValueError):
-    """The image has no foreground to classify (blank or flat)."""
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -34,33 +37,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.sub(MNIST_MEAN).div_(MNIST_STD)
 
 
-def _ink(image: Image.Image) -> np.ndarray:
-    """Foreground strength in [0, 1] per pixel, whatever the mode and background."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        alpha = np.asarray(image.convert("RGBA"))[..., 3]
-        if alpha.min() < 255:
-            return alpha.astype(np.float32) / 255.0
-    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:
-        gray = 1.0 - gray
-    return gray
-
-
 def to_mnist(image: Image.Image) -> np.ndarray:
     """Make a real-world digit look like an MNIST digit: uint8 (28, 28), white on black.
 
-    Grayscale, invert a light background, crop to the digit, scale its longer side to 20 px
-    keeping the aspect ratio, and place it in 28x28 with its centre of mass at the centre.
+    Find the digit's ink (`convlens.ink.digit_ink`: white on black, 0-1, nothing else), crop
+    to it, scale its longer side to 20 px keeping the aspect ratio, and place it in 28x28 with
+    its centre of mass at the centre.
     """
-    ink = _ink(image)
-    background = float(np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])))
-    ink = np.clip(ink - background, 0.0, None)
-    peak = float(ink.max())
-    if peak < 0.1:
-        raise NoDigitError("the image has no digit: it is blank or has no contrast")
-    ink /= peak
-
+    ink = digit_ink(image)
     rows = np.flatnonzero((ink > 0.1).any(axis=1))
     cols = np.flatnonzero((ink > 0.1).any(axis=0))
     digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

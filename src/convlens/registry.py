@@ -7,6 +7,7 @@ step, shared by `make train`, `make release`, `pipelines.register` and `pipeline
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import mlflow
@@ -16,10 +17,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from convlens.artifact import TEST_ACC, WEIGHTS_SHA256
-from convlens.config import POLICIES
+from convlens.config import POLICIES, FeedbackGate
 from convlens.store import TAG, StepError, get_run, logged_model, record, version_of_run
 
 CHAMPION = "champion"
+FEEDBACK_ACC = "feedback/acc"  # logged by convlens.module on the feedback hold-out
+FEEDBACK_HOLDOUT = "feedback-holdout"  # its dataset input (convlens.feedback_data.HOLDOUT)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,71 @@ class Decision:
     candidate_acc: float
     champion_version: str | None
     champion_acc: float | None
+    candidate_feedback: HoldoutScore | None = None
+    champion_feedback: HoldoutScore | None = None
+
+
+@dataclass(frozen=True)
+class HoldoutScore:
+    """A run's feedback/acc, and which held-out digits it was measured on."""
+
+    acc: float
+    digest: str
+    examples: int
+
+    def __str__(self) -> str:
+        return f"{self.acc:.4f} on {self.examples} held-out digits ({self.digest})"
+
+
+def holdout_score(client: MlflowClient, run_id: str | None) -> HoldoutScore | None:
+    """The run's feedback/acc with its hold-out dataset input; None for a run without one."""
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # the run was deleted: nothing to compare against
+        return None
+    acc = run.data.metrics.get(FEEDBACK_ACC)
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    found = [i.dataset for i in inputs if i.dataset.name == FEEDBACK_HOLDOUT]
+    if acc is None or not found:
+        return None
+    examples = json.loads(found[0].profile or "{}").get("num_examples", 0)
+    return HoldoutScore(float(acc), found[0].digest, int(examples))
+
+
+def feedback_verdict(
+    gate: FeedbackGate | None, candidate: HoldoutScore | None, champion: HoldoutScore | None
+) -> tuple[bool, str]:
+    """(whether the challenger falls behind on the feedback hold-out, why or why not counted).
+
+    Only like with like counts: both scored on the same digits (same digest), enough of them.
+    Otherwise test_acc alone decides, and the text says why."""
+    if gate is None:
+        return False, "no feedback gate configured"
+    if candidate is None or champion is None:
+        who = "challenger" if candidate is None else "champion"
+        return False, f"feedback gate not applied: the {who} has no feedback/acc"
+    if candidate.digest != champion.digest:
+        return False, (
+            f"feedback gate not applied: different hold-outs ({candidate.digest} vs "
+            f"{champion.digest})"
+        )
+    if candidate.examples < gate.min_holdout:
+        return False, (
+            f"feedback gate not applied: {candidate.examples} held-out digits, fewer than "
+            f"{gate.min_holdout}"
+        )
+    drop = champion.acc - candidate.acc
+    if drop > gate.max_drop:
+        return True, (
+            f"feedback_acc {candidate.acc:.4f} falls behind the champion's {champion.acc:.4f} "
+            f"by {drop:.4f} (more than {gate.max_drop}) on {candidate.examples} held-out digits"
+        )
+    return False, (
+        f"feedback_acc {candidate.acc:.4f} vs champion's {champion.acc:.4f} on "
+        f"{candidate.examples} held-out digits"
+    )
 
 
 def register(
@@ -58,10 +126,17 @@ def champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def promote(
-    client: MlflowClient, name: str, version: ModelVersion, candidate_acc: float, policy: str
+    client: MlflowClient,
+    name: str,
+    version: ModelVersion,
+    candidate_acc: float,
+    policy: str,
+    gate: FeedbackGate | None = None,
 ) -> Decision:
     """Apply the promotion policy and record the decision on the version and its run.
 
+    Under `better`, a challenger that beats the champion's test_acc is still kept out when it
+    falls behind on the feedback hold-out (`gate`, `feedback_verdict`).
     Commands refuse an unknown policy before they start (`convlens.config.Settings`); a
     library caller passing one is a bug."""
     if policy not in POLICIES:
@@ -80,7 +155,13 @@ def promote(
         reason = (
             f"test_acc {candidate_acc:.4f} beats champion v{current.version} ({current_acc:.4f})"
         )
-        decision = Decision(True, reason, candidate_acc, current.version, current_acc)
+        ours, theirs = holdout_score(client, version.run_id), holdout_score(client, current.run_id)
+        behind, why = feedback_verdict(gate, ours, theirs)
+        if gate is not None:
+            reason = f"{reason} but {why}" if behind else f"{reason}; {why}"
+        decision = Decision(
+            not behind, reason, candidate_acc, current.version, current_acc, ours, theirs
+        )
     else:
         reason = (
             f"test_acc {candidate_acc:.4f} does not beat champion v{current.version} "
@@ -90,6 +171,8 @@ def promote(
 
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
+    ours = decision.candidate_feedback or holdout_score(client, version.run_id)
+    theirs = decision.champion_feedback or holdout_score(client, _run_of(current))
     tags = {
         "promotion.decision": "promoted" if decision.promoted else "kept",
         "promotion.reason": decision.reason,
@@ -99,6 +182,9 @@ def promote(
         "promotion.champion_test_acc": (
             f"{decision.champion_acc:.6f}" if decision.champion_acc is not None else "none"
         ),
+        "promotion.candidate_feedback_acc": f"{ours.acc:.6f}" if ours else "none",
+        "promotion.champion_feedback_acc": f"{theirs.acc:.6f}" if theirs else "none",
+        "promotion.feedback_holdout": f"{ours.digest} ({ours.examples} digits)" if ours else "none",
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
@@ -109,6 +195,10 @@ def promote(
 
 def _v(version: ModelVersion | None) -> str | None:
     return version.version if version else None
+
+
+def _run_of(version: ModelVersion | None) -> str | None:
+    return version.run_id if version else None
 
 
 @dataclass(frozen=True)
@@ -129,6 +219,7 @@ def register_and_promote(
     weights_sha256: str,
     policy: str,
     acc_source: str = "test/acc",
+    gate: FeedbackGate | None = None,
 ) -> Registration:
     """Register the model (once per run), apply the promotion policy, record both."""
     existed = version_of_run(client, name, run_id) is not None
@@ -137,7 +228,7 @@ def register_and_promote(
     if version.tags.get(TEST_ACC) != tags[TEST_ACC]:
         # Registered earlier with training's own test accuracy; the newer measurement counts.
         client.set_model_version_tag(name, version.version, TEST_ACC, tags[TEST_ACC])
-    decision = promote(client, name, version, test_acc, policy)
+    decision = promote(client, name, version, test_acc, policy, gate)
     record(
         client,
         {
@@ -165,7 +256,9 @@ def candidate_accuracy(run: Run) -> tuple[float, str]:
     )
 
 
-def register_run(client: MlflowClient, name: str, run_id: str, policy: str) -> Registration:
+def register_run(
+    client: MlflowClient, name: str, run_id: str, policy: str, gate: FeedbackGate | None = None
+) -> Registration:
     """Register a finished run's logged model with its best known test accuracy."""
     run = get_run(client, run_id)
     model = logged_model(client, run)
@@ -181,6 +274,7 @@ def register_run(client: MlflowClient, name: str, run_id: str, policy: str) -> R
         model.tags.get(WEIGHTS_SHA256, ""),
         policy,
         source,
+        gate,
     )
 
 

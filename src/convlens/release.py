@@ -49,6 +49,7 @@ def register_trained(
             result.weights_sha256,
             found.policy,
             acc_source,
+            found.feedback_gate,
         )
     model = model_dir(result.final_dir)
     describe_run(store, result.run_id, model, result.epochs, test_acc, registration)

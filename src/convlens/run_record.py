@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from convlens.registry import Registration
 
 MAX_PARAM_CHARS = 40  # longer values are cut; config.yaml holds them whole
-CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
+CONTEXTS = {
+    "train": "training",
+    "validation": "validation",
+    "test": "testing",
+    "feedback-train": "training",  # convlens.feedback_data.TRAIN
+    "feedback-holdout": "testing",  # convlens.feedback_data.HOLDOUT: scored as feedback/acc
+}
 
 
 # ------------------------------------------------------------------ params
@@ -120,6 +126,27 @@ def split_datasets(data_cfg: DictConfig | Mapping) -> dict[str, MNISTSplit]:
         spec = json.dumps({"name": name, **recipe, "files": files}, sort_keys=True)
         digest = hashlib.sha256(spec.encode()).hexdigest()[:8]
         datasets[split] = MNISTSplit(source, name, digest, recipe["examples"])
+    datasets.update(feedback_datasets(datamodule))
+    return datasets
+
+
+def feedback_datasets(datamodule: Any) -> dict[str, MNISTSplit]:
+    """The feedback parts (`data.feedback=true`) as datasets named `feedback-train` and
+    `feedback-holdout`, their source the store's URL (password hidden).
+
+    The hold-out's digest is its examples' alone (sorted sha256s with labels), so two runs
+    scored on the same digits share it wherever the store lives; the training part's also
+    covers the hold-out rule and the oversampling, which change what training sees."""
+    recipes = datamodule.feedback_recipes() if hasattr(datamodule, "feedback_recipes") else {}
+    datasets = {}
+    for split, recipe in recipes.items():
+        source = LocalArtifactDatasetSource(recipe["source"])
+        if split.endswith("holdout"):
+            digest = recipe["examples_digest"]
+        else:
+            spec = {key: value for key, value in recipe.items() if key != "source"}
+            digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        datasets[split] = MNISTSplit(source, split, digest, recipe["examples"])
     return datasets
 
 

@@ -3,20 +3,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning import LightningDataModule, Trainer, seed_everything
+from pytorch_lightning import Callback, LightningDataModule, Trainer, seed_everything
 
+from convlens import top_patches
+from convlens.embedding import Sample
+from convlens.evaluation import EVALUATION_DIR
 from convlens.module import Classifier, net_from_checkpoint
 from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
 from convlens.tracking import (
     local_artifact_location,
     log_config,
     mlflow_logger,
+    model_dir,
     publish_final,
     save_final,
 )
@@ -37,7 +42,7 @@ class TrainResult:
     unlogged_dir: str | None = None  # set when the tracking server could not take the end
 
 
-def build_trainer(cfg: DictConfig) -> Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> Trainer:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "mlflow":
@@ -48,6 +53,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         else:
             loggers.append(instantiate(logger_cfg))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.extend(extra_callbacks)  # e.g. the sweep's report to its Optuna trial
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -61,16 +67,18 @@ def resume_from(cfg: DictConfig) -> None:
         cfg.ckpt_path = found.checkpoint
 
 
-def instantiate_all(cfg: DictConfig) -> tuple[LightningDataModule, Classifier, Trainer]:
+def instantiate_all(
+    cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[LightningDataModule, Classifier, Trainer]:
     """The data, the module around the network, and the trainer with its loggers and callbacks."""
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load safely
     datamodule.prepare_data()  # fail on missing data before any MLflow run exists
     net = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = instantiate(
         cfg.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
     )
-    return datamodule, module, build_trainer(cfg)
+    return datamodule, module, build_trainer(cfg, extra_callbacks)
 
 
 def start_run(cfg: DictConfig, trainer: Trainer) -> None:
@@ -87,10 +95,11 @@ def start_run(cfg: DictConfig, trainer: Trainer) -> None:
     logger.experiment.set_tag(logger.run_id, CHECKPOINT_DIR_TAG, checkpoint_dir)
 
 
-def train(cfg: DictConfig) -> TrainResult | None:
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult | None:
     """Run the whole training; returns the result on global rank zero, None on other ranks.
 
     The caller checks that the tracking server answers (`convlens.reachability`) first.
+    `callbacks` join those the config names (a sweep's trial reports to Optuna with one).
     """
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
@@ -98,13 +107,22 @@ def train(cfg: DictConfig) -> TrainResult | None:
     if cfg.get("resume"):
         resume_from(cfg)
 
-    datamodule, module, trainer = instantiate_all(cfg)
+    datamodule, module, trainer = instantiate_all(cfg, callbacks)
     start_run(cfg, trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = trainer.callback_metrics.get("val/acc_best")  # testing replaces callback_metrics
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     return finish(cfg, trainer, module, datamodule, best, val_best)
+
+
+def save_insights(final_dir: Path, net: torch.nn.Module, test_set) -> None:
+    """Beside the model's files: each conv channel's top test patches (`convlens.top_patches`,
+    with a grid per layer among the evaluation pictures) and the fixed test sample the served
+    embedding map is drawn for (`convlens.embedding`)."""
+    folder = model_dir(final_dir)
+    top_patches.write(net, test_set.images, folder, final_dir / EVALUATION_DIR)
+    Sample.of(test_set.images, test_set.labels).save(folder)
 
 
 def finish(
@@ -133,6 +151,7 @@ def finish(
         final_dir=str(final_dir),
         weights_sha256=save_final(final_dir, best_net, datamodule.test_set),
     )
+    save_insights(final_dir, best_net, datamodule.test_set)
     if logger.deliver(force=True):
         try:
             return replace(

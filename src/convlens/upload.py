@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from convlens.config import FeedbackGate
 from convlens.outbox import MANIFEST, Outbox
 from convlens.registry import describe, register_and_promote
 from convlens.run_record import describe_run
@@ -48,6 +49,7 @@ def upload(folder: Path) -> str:
             manifest["test_acc"],
             manifest["weights_sha256"],
             registry["promote"],
+            gate=FeedbackGate.of(registry),
         )
         line += f"\n{describe(registration)}"
     model = model_dir(manifest["final_dir"])
