@@ -9,9 +9,11 @@ machine with the same storage URL it joins it. `python -m pipelines.sweep_report
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from convlens.cli import Parser, add_overrides, run_cli
 from convlens.console import quiet_console
@@ -21,6 +23,18 @@ def spawn(overrides: list[str], index: int) -> subprocess.Popen:
     """Worker `index` of this machine: this command again, told which seed offset it has."""
     command = [sys.executable, "-m", "pipelines.sweep", "--worker", str(index), *overrides]
     return subprocess.Popen(command)
+
+
+def log_to_file(path: Path) -> None:
+    """Every worker's log records in one file beside the study's trial folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_overrides(parser)
     args = parser.parse_args(argv)
-    quiet_console()
     from convlens import sweep
 
     p = sweep.plan(args.overrides)
+    log_to_file(Path(p.root_dir, "outputs", "sweeps", p.study_name, "sweep.log"))
+    quiet_console()  # third-party chatter to that file only, as in `make train`
     if args.storage_url:  # for `make sweep-ui`: optuna-dashboard on the same storage
         print(p.storage)
         return 0

@@ -225,3 +225,54 @@ def test_hopeless_trials_are_pruned_in_optuna_and_in_mlflow(tmp_path, mnist_root
     assert report.returncode == 0, report.stderr[-3000:]
     assert "nothing to release" in report.stdout
     assert report.stdout.count(" pruned ") == 2
+
+
+def test_library_chatter_goes_to_the_sweep_log_not_the_terminal(swept):
+    log = swept.workdir / "outputs" / "sweeps" / MODEL_NAME / "sweep.log"
+    assert "WARNING mlflow" not in swept.output
+    assert log.is_file() and "mlflow" in log.read_text()
+
+
+def test_the_mlflow_ui_groups_the_trials_under_the_study_run(swept):
+    """As a user sees it: the experiment's runs page lists one run, the study, and expanding
+    it shows the three trials."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.harness import HOST, ServerProcess, free_port
+    from tests.ui_screenshot import CHROMIUM, launch
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{swept.workdir}/mlflow.db"]
+    command += ["--host", HOST, "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    experiment = swept.client.get_experiment_by_name(MODEL_NAME).experiment_id
+    with (
+        ServerProcess(
+            command,
+            log=swept.workdir / "ui.log",
+            ready_url=f"http://{HOST}:{port}/health",
+            env=env,
+            timeout_s=300,
+            name="mlflow ui",
+        ),
+        sync_playwright() as p,
+    ):
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(f"http://{HOST}:{port}/#/experiments/{experiment}/runs")
+        rows = page.locator(".ag-center-cols-container .ag-row")
+        study = page.locator(".ag-row a", has_text=MODEL_NAME).first
+        study.wait_for(timeout=60_000)
+        assert rows.count() == 1  # the trials are folded under their study
+        box = study.bounding_box()
+        page.mouse.click(box["x"] - 31, box["y"] + box["height"] / 2)  # its expand toggle
+        page.wait_for_function(
+            "n => document.querySelectorAll('.ag-center-cols-container .ag-row').length === n",
+            arg=4,
+            timeout=60_000,
+        )
+        page.screenshot(path=swept.workdir / "mlflow-sweep.png")
+        browser.close()
