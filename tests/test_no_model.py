@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import REPO
 from tests.harness import digit_png
@@ -135,14 +136,11 @@ def test_the_log_gives_the_full_reason(broken):
 
 # ------------------------------------------------------------------ no pickle
 
-# What serving runs: the service and every convlens module the Bento ships.
-SERVING_SOURCES = [
-    *sorted((REPO / "serving").glob("*.py")),
-    *(
-        REPO / "src" / "convlens" / f"{name}.py"
-        for name in ("preprocessing", "ink", "model", "visuals", "kernels", "images", "weights")
-    ),
-]
+# What serving runs: every Python file the Bento ships (serving/bentofile.yaml's include list).
+BENTO_INCLUDES = yaml.safe_load((REPO / "serving" / "bentofile.yaml").read_text())["include"]
+SERVING_SOURCES = sorted(
+    {path for pattern in BENTO_INCLUDES for path in REPO.glob(pattern) if path.suffix == ".py"}
+)
 UNPICKLING_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve"}
 
 
@@ -158,13 +156,17 @@ def test_serving_code_never_unpickles():
                 assert not found, f"{path.name}:{node.lineno} imports {found}"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 call = ast.unparse(node.func)
-                assert call not in ("torch.load", "np.load", "numpy.load"), (
-                    f"{path.name}:{node.lineno} calls {call}, which can unpickle"
-                )
+                assert call != "torch.load", f"{path.name}:{node.lineno} calls torch.load"
+                if call in ("np.load", "numpy.load"):  # safe only when told to refuse pickles
+                    assert "allow_pickle=False" in ast.unparse(node), (
+                        f"{path.name}:{node.lineno} calls {call} without allow_pickle=False"
+                    )
             if isinstance(node, ast.keyword):
-                assert node.arg not in ("allow_pickle", "weights_only"), (
-                    f"{path.name}:{node.lineno} passes {node.arg}="
-                )
+                assert node.arg != "weights_only", f"{path.name}:{node.lineno} passes weights_only="
+                if node.arg == "allow_pickle":
+                    assert ast.unparse(node.value) == "False", (
+                        f"{path.name}:{node.lineno} passes allow_pickle={ast.unparse(node.value)}"
+                    )
 
 
 LOAD_WITHOUT_PICKLE = """

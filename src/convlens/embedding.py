@@ -163,7 +163,7 @@ class Sample:
 
     @classmethod
     def load(cls, path: Path) -> Sample:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return cls(data["test_indices"], data["images"], data["labels"])
 
 
@@ -204,7 +204,7 @@ class EmbeddingMap:
 
     @classmethod
     def load(cls, path: Path) -> EmbeddingMap:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             sample = Sample(data["test_indices"], data["images"], data["labels"])
             return cls(str(data["layer"]), sample, data["features"], data["positions"])
 

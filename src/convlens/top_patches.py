@@ -118,7 +118,7 @@ def save(found: dict[str, LayerPatches], folder: Path) -> Path:
 
 
 def load(path: Path) -> dict[str, LayerPatches]:
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         found = {}
         for name in (str(n) for n in data["layers"]):
             found[name] = LayerPatches(
