@@ -12,6 +12,7 @@ import sys
 import yaml
 from mlflow import MlflowClient
 
+from convlens.artifact import EMBEDDING_FILE, FILES, OPTIONAL_FILES
 from tests.conftest import MODEL_NAME, REPO
 from tests.serving_fixtures import bentoml_env, run_package
 
@@ -74,9 +75,10 @@ def test_package_records_architecture_and_source_as_metadata(packaged, trained):
     assert metadata["test_accuracy"] == float(packaged.model_labels["test_acc"])
 
 
-def test_package_copies_only_safetensors_weights_and_architecture(packaged):
+def test_package_copies_only_weights_architecture_and_the_insight_arrays(packaged):
     files = {path.name for path in packaged.model_dir.iterdir()}
-    assert files == {"model.yaml", "model.safetensors", "architecture.json"}
+    assert files == {"model.yaml", *FILES, *OPTIONAL_FILES, EMBEDDING_FILE}
+    assert not any(name.endswith((".pt", ".pth", ".pkl", ".ckpt")) for name in files)
     digest = hashlib.sha256((packaged.model_dir / "model.safetensors").read_bytes()).hexdigest()
     assert digest == packaged.model_labels["weights_sha256"]
 
