@@ -125,6 +125,7 @@ def test_a_trials_recorded_overrides_compose_its_config(swept, monkeypatch):
     logged = yaml.safe_load(
         Path(swept.client.download_artifacts(run_id, "config.yaml")).read_text()
     )
+    monkeypatch.setenv("CONVLENS_DATA_DIR", train_env()["CONVLENS_DATA_DIR"])  # as the trial had
     monkeypatch.chdir(swept.workdir)
     rerun = compose(overrides)
     for section in ("model", "data", "optimizer", "scheduler", "trainer", "module", "registry"):
