@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,17 @@ def fail_on(error: ServerError) -> None:
     pytest.fail(str(error))
 
 
+def own_home(home: Path) -> Path:
+    """A BentoML home of its own sharing `home`'s models and Bentos: `bentoml serve` empties
+    its home's Prometheus folder when it starts, which would wipe the /metrics series of a
+    server already running on `home` (the session's `served`)."""
+    own = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=home.parent))
+    for name in ("models", "bentos"):
+        if (home / name).exists():
+            (own / name).symlink_to(home / name)
+    return own
+
+
 def start_server(home: Path, log: Path, **env: str) -> tuple[ServerProcess, Server]:
     """`bentoml serve` (one worker) on the BentoML home `home`, on a free local port; not
     waited for: pair with `wait_until_ready` or `wait_until_answering`, and `stop`."""
@@ -145,7 +157,7 @@ def start_server(home: Path, log: Path, **env: str) -> tuple[ServerProcess, Serv
         command,
         log=log,
         ready_url=f"{url}/readyz",
-        env=bentoml_env(home, CONVLENS_WORKERS="1", **env),
+        env=bentoml_env(own_home(home), CONVLENS_WORKERS="1", **env),
         cwd=REPO,
         timeout_s=READY_TIMEOUT_S,
         name="bentoml serve",
