@@ -16,7 +16,6 @@ outside. Every error is answered with the body {"error": "<what was wrong>"}.
 
 from __future__ import annotations
 
-import base64
 import gc
 import logging
 import warnings
@@ -30,22 +29,19 @@ from PIL import Image
 
 from convlens.artifact import MODEL_ENV
 from convlens.attribution import attribute
-from convlens.embedding import SPRITE_COLUMNS, place, sprite
-from convlens.embedding import features as embedding_features
+from convlens.embedding import sprite
 from convlens.feedback import FeedbackStore, FeedbackUnavailable, InvalidFeedback
-from convlens.images import FORMATS, MODES, read_image
+from convlens.images import read_image
 from convlens.kernels import KERNELS, convolve2d, max_pool, relu
-from convlens.model import ConvNet, activations, describe
+from convlens.model import ConvNet, activations
 from convlens.preprocessing import INPUT_SHAPE, normalize, to_mnist
-from convlens.receptive import OutsideLayer, explain_value, receptive_field
-from convlens.top_patches import in_context, patch_picture
+from convlens.receptive import explain_value
 from convlens.visuals import feature_map_grid, filter_grid
-from serving import bentoml_private, monitoring
+from serving import bentoml_private, insights, model_card, monitoring
 from serving.errors import UnknownLayer, client_error, client_errors, error_response
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
-    MissingInsight,
     ModelUnavailable,
     declared_model,
     embedding_map_of,
@@ -55,7 +51,7 @@ from serving.loading import (
 )
 from serving.middleware import JSONErrors, SpreadConnections
 from serving.openapi import openapi_json
-from serving.rendering import attribution_overlay, png_bytes, png_response, step
+from serving.rendering import attribution_overlay, png_response, step
 from serving.schemas import (
     PNG,
     BuildingBlocks,
@@ -74,9 +70,7 @@ from serving.schemas import (
     KernelName,
     ModelRef,
     ModelVersion,
-    Neighbour,
     Neighbours,
-    Patch,
     Placement,
     Prediction,
     ReceptiveField,
@@ -363,26 +357,13 @@ class ConvLens:
         message = "saved" if created else f"saved before; its label is now {label}"
         return FeedbackReceipt(sha256=sha256, created=created, label=label, message=message)
 
-    @staticmethod
-    def _data_url(image: Image.Image) -> str:
-        return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-
     @bentoml.api
     def embedding(self) -> Embedding:
         """The served model's map of 2,000 fixed MNIST test digits: t-SNE of its last hidden
         layer, computed once by `make package`; positions in [0, 1], with labels and test-set
         indices. 404 for a model packaged before maps existed."""
         with client_errors():
-            emap = embedding_map_of(self.model)
-        return Embedding(
-            layer=emap.layer,
-            method="t-SNE",
-            count=len(emap.positions),
-            positions=emap.positions.astype(float).round(4).tolist(),
-            labels=emap.sample.labels.tolist(),
-            test_indices=emap.sample.test_indices.tolist(),
-            sprite_columns=SPRITE_COLUMNS,
-        )
+            return insights.embedding(embedding_map_of(self.model))
 
     @bentoml.api
     def embedding_sprite(self) -> PNG:
@@ -399,25 +380,8 @@ class ConvLens:
         with client_errors():
             emap = embedding_map_of(self.model)
         digit = torch.from_numpy(self._digit(image))[None]
-        with torch.inference_mode():
-            values = embedding_features(self.net, digit)[0]
-            label = int(self._forward(digit)[0].argmax())
-        found = place(values, emap, neighbours)
-        return Placement(
-            label=label,
-            position=found.position.tolist(),
-            neighbours=[
-                Neighbour(
-                    index=int(i),
-                    test_index=int(emap.sample.test_indices[i]),
-                    label=int(emap.sample.labels[i]),
-                    distance=float(d),
-                    position=emap.positions[i].tolist(),
-                    png=self._data_url(Image.fromarray(emap.sample.images[i])),
-                )
-                for i, d in zip(found.neighbours, found.distances, strict=True)
-            ],
-        )
+        label = int(self._forward(digit)[0].argmax())
+        return insights.placement(self.net, emap, digit, label, neighbours)
 
     @bentoml.api
     def top_patches(self, layer: str, channel: Channel) -> TopPatches:
@@ -426,77 +390,14 @@ class ConvLens:
         404 for a model packaged before top patches existed."""
         self._check_layer(layer, self.net.conv_layer_names(), "conv")
         with client_errors():
-            found = top_patches_of(self.model)
-            if layer not in found:
-                raise MissingInsight(f"the served model has no top patches for {layer}")
-            lp = found[layer]
-            if channel >= lp.channels:
-                last = lp.channels - 1
-                raise OutsideLayer(f"channel {channel} is outside {layer}: choose 0-{last}")
-        patches = []
-        for rank in range(lp.patches.shape[1]):
-            y, x = (int(v) for v in lp.positions[channel, rank])
-            field = receptive_field(self.net, layer, y, x)
-            patches.append(
-                Patch(
-                    activation=float(lp.values[channel, rank]),
-                    test_index=int(lp.images[channel, rank]),
-                    y=y,
-                    x=x,
-                    window=field.as_dict(),
-                    png=self._data_url(patch_picture(lp.patches[channel, rank])),
-                    context_png=self._data_url(in_context(lp.digits[channel, rank], field)),
-                )
-            )
-        return TopPatches(
-            layer=layer,
-            channel=channel,
-            channels=lp.channels,
-            receptive_field=lp.size,
-            patches=patches,
-        )
+            return insights.top_patches(self.net, top_patches_of(self.model), layer, channel)
 
     @bentoml.api
     def model_info(self) -> dict[str, Any]:
         """Which model is serving (registry name, version, run and its MLflow page, test
         accuracy), its layers with
         output shapes and parameter counts, and what the endpoints accept."""
-        layers = describe(self.net)
-        return {
-            "name": self.model.name,
-            "version": self.model.version,
-            "run_id": self.model.run_id,
-            "run_url": self.model.run_url,
-            "test_accuracy": self.model.test_accuracy,
-            "bento_model": self.model.tag,
-            "weights_sha256": self.model.weights_sha256,
-            "parameters": sum(row["parameters"] for row in layers),
-            "layers": layers,
-            "feature_map_layers": self.net.spatial_layer_names(),
-            "filter_layers": self.net.conv_layer_names(),
-            "kernels": list(KERNELS),
-            "input": {
-                "shape": list(self.net.architecture["input_shape"]),
-                "image": {
-                    "formats": list(FORMATS),
-                    "modes": list(MODES),
-                    "max_bytes": self.limits.max_bytes,
-                    "max_pixels": self.limits.max_pixels,
-                },
-                "array": {
-                    "shapes": ["(N, 28, 28)", "(N, 1, 28, 28)"],
-                    "values": "integers 0-255 or floats 0-1",
-                    "max_images": CONFIG.max_batch_images,
-                },
-                "max_request_bytes": CONFIG.max_request_bytes,
-            },
-            "traffic": {
-                "workers": CONFIG.workers,
-                "threads_per_worker": CONFIG.threads,
-                "max_concurrency": CONFIG.max_concurrency,
-                "timeout_s": CONFIG.timeout_s,
-            },
-        }
+        return model_card.model_info(self.model, self.limits)
 
 
 ConvLens.add_asgi_middleware(
