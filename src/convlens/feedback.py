@@ -27,10 +27,6 @@ from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import (
-    DateTime,
-    LargeBinary,
-    SmallInteger,
-    String,
     case,
     delete,
     func,
@@ -38,16 +34,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from convlens import UserError
 from convlens.database import BadURL, failure_reason, open_engine, shown
+from convlens.feedback_rows import (
+    DIGIT_SHAPE,
+    MAX_MODEL_VERSION,
+    FeedbackRow,
+    Record,
+    digit_array,
+    record_of,
+)
 
 FEEDBACK_URL_ENV = "CONVLENS_FEEDBACK_URL"  # the one env var naming the store
 DEFAULT_FILE = "feedback.db"  # the SQLite file's name when no URL is given (`default_url`)
 LABELS = range(10)
-DIGIT_SHAPE = (28, 28)
-MAX_MODEL_VERSION = 200  # characters
 
 T = TypeVar("T")
 
@@ -67,49 +69,11 @@ class FeedbackUnavailable(UserError, RuntimeError):
     exit_status = 75  # EX_TEMPFAIL: try again when the database is back
 
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class FeedbackRow(_Base):
-    """One user's answer about one image (the table `feedback`)."""
-
-    __tablename__ = "feedback"
-
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    image: Mapped[bytes] = mapped_column(LargeBinary)  # the original bytes as sent
-    digit: Mapped[bytes] = mapped_column(LargeBinary)  # 784 bytes: uint8 28x28, row-major
-    label: Mapped[int] = mapped_column(SmallInteger, index=True)
-    predicted: Mapped[int | None] = mapped_column(SmallInteger)
-    model_version: Mapped[str | None] = mapped_column(String(MAX_MODEL_VERSION))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
 @dataclass(frozen=True)
 class Example:
     sha256: str  # of the original bytes as sent
     digit: np.ndarray  # (28, 28) uint8, the digit as the model saw it
     label: int  # what the user says it is
-
-
-@dataclass(frozen=True)
-class Record:
-    """A whole row, for listing and exporting."""
-
-    sha256: str
-    image: bytes
-    digit: np.ndarray
-    label: int
-    predicted: int | None
-    model_version: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def agreed(self) -> bool | None:
-        """Whether the model was right, as far as the user says; None without a prediction."""
-        return None if self.predicted is None else self.predicted == self.label
 
 
 def sha256_of(original: bytes) -> str:
@@ -123,10 +87,6 @@ def _digit_bytes(digit: np.ndarray) -> bytes:
             f"the digit must be a (28, 28) uint8 array, got {array.shape} {array.dtype}"
         )
     return np.ascontiguousarray(array).tobytes()
-
-
-def _digit_array(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(DIGIT_SHAPE).copy()
 
 
 def _check_label(value: int | None, what: str, optional: bool = False) -> int | None:
@@ -153,9 +113,9 @@ class FeedbackStore:
                 f"the feedback database's folder cannot be created: {error.strerror}"
             ) from None
         try:
-            _Base.metadata.create_all(self.engine)
+            FeedbackRow.metadata.create_all(self.engine)
         except DBAPIError:  # down, or another process creating the table at the same moment
-            self._guarded(lambda: _Base.metadata.create_all(self.engine))
+            self._guarded(lambda: FeedbackRow.metadata.create_all(self.engine))
 
     @property
     def url_shown(self) -> str:
@@ -263,7 +223,7 @@ class FeedbackStore:
         def work() -> list[Example]:
             with self._session() as session:
                 return [
-                    Example(sha256=sha, digit=_digit_array(digit), label=int(label))
+                    Example(sha256=sha, digit=digit_array(digit), label=int(label))
                     for sha, digit, label in session.execute(statement)
                 ]
 
@@ -301,7 +261,7 @@ class FeedbackStore:
 
         def work() -> list[Record]:
             with self._session() as session:
-                return [_record(row) for row in session.scalars(statement)]
+                return [record_of(row) for row in session.scalars(statement)]
 
         return self._guarded(work)
 
@@ -309,27 +269,9 @@ class FeedbackStore:
         def work() -> Record | None:
             with self._session() as session:
                 row = session.get(FeedbackRow, sha256.strip().lower())
-                return None if row is None else _record(row)
+                return None if row is None else record_of(row)
 
         return self._guarded(work)
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _record(row: FeedbackRow) -> Record:
-    return Record(
-        sha256=row.sha256,
-        image=bytes(row.image),
-        digit=_digit_array(row.digit),
-        label=int(row.label),
-        predicted=row.predicted,
-        model_version=row.model_version,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
-    )
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
