@@ -84,7 +84,7 @@ containerize: install ## Docker image convlens:latest of the champion's Bento (n
 	$(RUN) python -m pipelines.package --containerize convlens:latest $(ARGS)
 
 test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNIST folder)
-	$(RUN) pytest
+	$(RUN) pytest --durations=40
 
 .PHONY: audit
 AUDIT_UNREACHABLE ?= fail
