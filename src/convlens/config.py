@@ -30,18 +30,26 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class FeedbackGate:
-    """`registry.feedback_*`: how far a challenger may fall below the champion's feedback/acc
-    on the same hold-out, and from how many held-out digits that comparison counts."""
+    """`registry.feedback_*`: how far a challenger may fall below the champion on the feedback
+    hold-out, from how many held-out digits that comparison counts, and where those digits
+    are (the store, and the 1-in-`every` rule that keeps them out of training)."""
 
     max_drop: float
     min_holdout: int
+    store_url: str | None = None
+    every: int = 5
 
     @classmethod
     def of(cls, registry: Mapping[str, Any]) -> FeedbackGate | None:
         """From the `registry` config (or a run's copy of it); None when it has no gate keys."""
         if "feedback_max_drop" not in registry:
             return None
-        return cls(float(registry["feedback_max_drop"]), int(registry["feedback_min_holdout"]))
+        return cls(
+            float(registry["feedback_max_drop"]),
+            int(registry["feedback_min_holdout"]),
+            registry.get("feedback_url") or None,
+            int(registry.get("feedback_holdout", 5)),
+        )
 
 
 @dataclass(frozen=True)

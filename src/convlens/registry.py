@@ -7,7 +7,6 @@ step, shared by `make train`, `make release`, `pipelines.register` and `pipeline
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import mlflow
@@ -18,11 +17,10 @@ from mlflow.exceptions import MlflowException
 
 from convlens.artifact import TEST_ACC, WEIGHTS_SHA256
 from convlens.config import POLICIES, FeedbackGate
+from convlens.holdout import HoldoutScore, compare, verdict
 from convlens.store import TAG, StepError, get_run, logged_model, record, version_of_run
 
 CHAMPION = "champion"
-FEEDBACK_ACC = "feedback/acc"  # logged by convlens.module on the feedback hold-out
-FEEDBACK_HOLDOUT = "feedback-holdout"  # its dataset input (convlens.feedback_data.HOLDOUT)
 
 
 @dataclass(frozen=True)
@@ -34,69 +32,6 @@ class Decision:
     champion_acc: float | None
     candidate_feedback: HoldoutScore | None = None
     champion_feedback: HoldoutScore | None = None
-
-
-@dataclass(frozen=True)
-class HoldoutScore:
-    """A run's feedback/acc, and which held-out digits it was measured on."""
-
-    acc: float
-    digest: str
-    examples: int
-
-    def __str__(self) -> str:
-        return f"{self.acc:.4f} on {self.examples} held-out digits ({self.digest})"
-
-
-def holdout_score(client: MlflowClient, run_id: str | None) -> HoldoutScore | None:
-    """The run's feedback/acc with its hold-out dataset input; None for a run without one."""
-    if not run_id:
-        return None
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:  # the run was deleted: nothing to compare against
-        return None
-    acc = run.data.metrics.get(FEEDBACK_ACC)
-    inputs = run.inputs.dataset_inputs if run.inputs else []
-    found = [i.dataset for i in inputs if i.dataset.name == FEEDBACK_HOLDOUT]
-    if acc is None or not found:
-        return None
-    examples = json.loads(found[0].profile or "{}").get("num_examples", 0)
-    return HoldoutScore(float(acc), found[0].digest, int(examples))
-
-
-def feedback_verdict(
-    gate: FeedbackGate | None, candidate: HoldoutScore | None, champion: HoldoutScore | None
-) -> tuple[bool, str]:
-    """(whether the challenger falls behind on the feedback hold-out, why or why not counted).
-
-    Only like with like counts: both scored on the same digits (same digest), enough of them.
-    Otherwise test_acc alone decides, and the text says why."""
-    if gate is None:
-        return False, "no feedback gate configured"
-    if candidate is None or champion is None:
-        who = "challenger" if candidate is None else "champion"
-        return False, f"feedback gate not applied: the {who} has no feedback/acc"
-    if candidate.digest != champion.digest:
-        return False, (
-            f"feedback gate not applied: different hold-outs ({candidate.digest} vs "
-            f"{champion.digest})"
-        )
-    if candidate.examples < gate.min_holdout:
-        return False, (
-            f"feedback gate not applied: {candidate.examples} held-out digits, fewer than "
-            f"{gate.min_holdout}"
-        )
-    drop = champion.acc - candidate.acc
-    if drop > gate.max_drop:
-        return True, (
-            f"feedback_acc {candidate.acc:.4f} falls behind the champion's {champion.acc:.4f} "
-            f"by {drop:.4f} (more than {gate.max_drop}) on {candidate.examples} held-out digits"
-        )
-    return False, (
-        f"feedback_acc {candidate.acc:.4f} vs champion's {champion.acc:.4f} on "
-        f"{candidate.examples} held-out digits"
-    )
 
 
 def register(
@@ -136,7 +71,7 @@ def promote(
     """Apply the promotion policy and record the decision on the version and its run.
 
     Under `better`, a challenger that beats the champion's test_acc is still kept out when it
-    falls behind on the feedback hold-out (`gate`, `feedback_verdict`).
+    falls behind on the feedback hold-out, both scored on it now (`gate`, `convlens.holdout`).
     Commands refuse an unknown policy before they start (`convlens.config.Settings`); a
     library caller passing one is a bug."""
     if policy not in POLICIES:
@@ -155,13 +90,21 @@ def promote(
         reason = (
             f"test_acc {candidate_acc:.4f} beats champion v{current.version} ({current_acc:.4f})"
         )
-        ours, theirs = holdout_score(client, version.run_id), holdout_score(client, current.run_id)
-        behind, why = feedback_verdict(gate, ours, theirs)
-        if gate is not None:
+        if gate is None:
+            decision = Decision(True, reason, candidate_acc, current.version, current_acc)
+        else:
+            comparison = compare(client, gate, version, current)
+            behind, why = verdict(gate, comparison)
             reason = f"{reason} but {why}" if behind else f"{reason}; {why}"
-        decision = Decision(
-            not behind, reason, candidate_acc, current.version, current_acc, ours, theirs
-        )
+            decision = Decision(
+                not behind,
+                reason,
+                candidate_acc,
+                current.version,
+                current_acc,
+                comparison.candidate,
+                comparison.champion,
+            )
     else:
         reason = (
             f"test_acc {candidate_acc:.4f} does not beat champion v{current.version} "
@@ -171,8 +114,7 @@ def promote(
 
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
-    ours = decision.candidate_feedback or holdout_score(client, version.run_id)
-    theirs = decision.champion_feedback or holdout_score(client, _run_of(current))
+    ours, theirs = decision.candidate_feedback, decision.champion_feedback
     tags = {
         "promotion.decision": "promoted" if decision.promoted else "kept",
         "promotion.reason": decision.reason,
@@ -195,10 +137,6 @@ def promote(
 
 def _v(version: ModelVersion | None) -> str | None:
     return version.version if version else None
-
-
-def _run_of(version: ModelVersion | None) -> str | None:
-    return version.run_id if version else None
 
 
 @dataclass(frozen=True)
