@@ -135,9 +135,14 @@ def _keep_digit(ink: np.ndarray, noise: float) -> np.ndarray:
     boxes = _boxes(labels, count)
     shape = ink.shape
     candidates = [i for i, b in enumerate(boxes) if not (_is_edge(b, shape) or _is_rule(b, shape))]
-    if not candidates:
+    strokes = (
+        i
+        for i in sorted(candidates, key=lambda i: -boxes[i][4])
+        if not _is_line_piece(boxes[i]) and _stands_out(smooth, labels, i + 1, boxes[i])
+    )
+    main = next(strokes, None)
+    if main is None:
         raise NoDigitError("the image has no digit: only lines and edges stand out")
-    main = max(candidates, key=lambda i: boxes[i][4])
     top, left, bottom, right, area = boxes[main]
     if max(bottom - top, right - left) < MIN_DIGIT * max(shape):
         raise NoDigitError("the image has no digit: its marks are specks")
@@ -271,6 +276,31 @@ def _is_rule(box: tuple[int, int, int, int, int], shape: tuple[int, int]) -> boo
         else (bottom - top, right - left)
     )
     return long >= 0.7 * (w if right - left > bottom - top else h) and thin <= 0.1 * min(h, w)
+
+
+def _is_line_piece(box: tuple[int, int, int, int, int]) -> bool:
+    """Far wider than tall: what line removal left of a ruled line. No digit lies on its side,
+    so this is never the digit's main mark (a 7's bar or a 5's flag joins the digit as a
+    neighbour of its main stroke)."""
+    top, left, bottom, right, _ = box
+    return right - left >= 4 * (bottom - top)
+
+
+def _stands_out(
+    smooth: np.ndarray, labels: np.ndarray, label: int, box: tuple[int, int, int, int, int]
+) -> bool:
+    """Whether the mark is at least twice as dark as the unmarked paper right around it: a
+    stroke, not a patch of shading the background surface missed (a vignette's corner), whose
+    surroundings are nearly as dark as it is."""
+    top, left, bottom, right, _ = box
+    pad = max(3, max(bottom - top, right - left) // 4)
+    rows = slice(max(top - pad, 0), bottom + pad)
+    cols = slice(max(left - pad, 0), right + pad)
+    window, marks = smooth[rows, cols], labels[rows, cols]
+    around = window[marks == 0]
+    if around.size == 0:
+        return True
+    return float(np.median(window[marks == label])) >= 2 * float(np.median(around))
 
 
 def _is_edge(box: tuple[int, int, int, int, int], shape: tuple[int, int]) -> bool:
