@@ -5,7 +5,8 @@
     python -m pipelines.serve --wait-s 30                  no champion yet: ask again every 30 s
 
 It says which registered version it serves, then becomes `bentoml serve serving.service:ConvLens`
-with that exact model tag. The compose serving container runs the same command.
+with that exact model tag. The compose serving container runs the same command. A second
+server on the same BentoML home is refused (`convlens.serve_lock`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     found = settings(args.overrides)
     found.use_bentoml_home()
     from convlens.packaging import MODEL_ENV, SERVICE
+    from convlens.serve_lock import hold_home
+
+    hold_home(found.bentoml_home)  # held by `bentoml serve` below until the server exits
 
     if args.model:
         tag = args.model
