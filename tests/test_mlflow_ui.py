@@ -17,7 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.harness import HOST, ServerProcess, free_port
-from tests.ui_screenshot import CHROMIUM, launch
+
+# `browser`: one Chromium for the module, or a skip saying how to install one.
+pytest_plugins = ["tests.ui_fixtures"]
 
 IMAGE_FILE = re.compile(r"^(?P<key>.+)\+step\+\d+\+timestamp\+.*(?<!compressed)\.png$")
 CARD = '[data-testid="experiment-view-compare-runs-card"]'
@@ -67,18 +69,6 @@ def mlflow_ui(trained, tmp_path_factory):
         name="mlflow ui",
     ):
         yield f"http://{HOST}:{port}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        yield browser
-        browser.close()
 
 
 def image_keys(client: MlflowClient, run_id: str) -> set[str]:

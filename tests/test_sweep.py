@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from convlens.config import compose
 from tests.conftest import MODEL_NAME, train_env
 from tests.test_pipelines import run_module
+from tests.ui_fixtures import needs_chromium
 
 # Seconds a trial, not minutes: a smoke run on 1,000 images (OneCycle needs a few steps).
 TINY = [
@@ -234,16 +235,15 @@ def test_library_chatter_goes_to_the_sweep_log_not_the_terminal(swept):
     assert log.is_file() and "mlflow" in log.read_text()
 
 
+@needs_chromium
 def test_the_mlflow_ui_groups_the_trials_under_the_study_run(swept):
     """As a user sees it: the experiment's runs page lists one run, the study, and expanding
     it shows the three trials."""
     from playwright.sync_api import sync_playwright
 
     from tests.harness import HOST, ServerProcess, free_port
-    from tests.ui_screenshot import CHROMIUM, launch
+    from tests.ui_screenshot import launch
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{swept.workdir}/mlflow.db"]

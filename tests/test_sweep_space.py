@@ -15,7 +15,8 @@ from convlens.config import ConfigError, compose
 from convlens.sweep_space import distribution, search_space, split_overrides, trial_overrides
 from tests.harness import ServerProcess, free_port
 from tests.test_pipelines import run_module
-from tests.ui_screenshot import CHROMIUM, launch
+from tests.ui_fixtures import needs_chromium
+from tests.ui_screenshot import launch
 
 
 def test_choice_range_and_log_interval_become_optuna_distributions():
@@ -88,7 +89,7 @@ def test_sweep_overrides_on_the_command_line_join_the_space():
 SEARCH = "hparams_search=mnist_optuna"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+@needs_chromium
 def test_the_dashboard_shows_the_study_the_sweep_storage_holds(tmp_path):
     # What `make sweep-ui` asks for: the storage URL the sweep config resolves to here.
     printed = run_module(

@@ -18,28 +18,22 @@ import pytest
 from PIL import Image
 
 from tests.harness import mnist_test_set
+from tests.ui_fixtures import needs_chromium
 from tests.ui_screenshot import (
-    CHROMIUM,
     SAMPLES_DIR,
     SEVEN,
     UI_DIR,
     digit_png,
     draw_stroke,
-    launch,
     open_page,
     settled,
     take_screenshot,
     wait_for_results,
 )
 
-# `served_url`: the session's `bentoml serve` of the model the `trained` fixture registered.
-pytest_plugins = ["tests.serving_fixtures"]
-
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium) "
-    "or set CONVLENS_CHROMIUM; Playwright's own browser download is not used",
-)
+# `served_url`: the session's `bentoml serve` of the model the `trained` fixture registered;
+# `browser` and `page`: Chromium, and a fresh page on that model for each test.
+pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 
 UPLOAD_INDEX = 1234  # an MNIST test image that is not one of the page's samples
 
@@ -150,34 +144,6 @@ def test_service_mounts_the_page(served_url):
         page = client.get("/ui/")
         assert page.status_code == 200 and "<canvas" in page.text
         assert client.get("/ui/app.js").status_code == 200
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium) "
-            "or set CONVLENS_CHROMIUM; Playwright's own browser download is not used"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, served_url):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    open_page(page, served_url)
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def model_info(base_url: str) -> dict:

@@ -11,45 +11,37 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.ui_fixtures import needs_chromium, new_page
 from tests.ui_screenshot import (
-    CHROMIUM,
     explain_digit,
-    launch,
-    open_page,
     receptive_click,
     save_explain_screenshots,
     settled,
     wait_for_results,
 )
 
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
-)
+pytestmark = needs_chromium
 METHODS = ["integrated_gradients", "saliency", "grad_cam", "occlusion"]
 
 
 @pytest.fixture(scope="module")
-def page(served_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        open_page(page, served_url)
+def page(browser, served_url) -> Iterator:
+    """One page for the module, showing the first test 7: each test explains a part of the
+    same prediction, which is computed once."""
+    with new_page(browser, served_url) as page:
         before = settled(page)
         page.locator("#samples button").nth(7).click()  # the first test 7
         assert wait_for_results(page, before) == "done", page.locator("#status").inner_text()
         yield page
-        browser.close()
 
 
 def colours(page, selector: str) -> tuple[float, float]:

@@ -16,42 +16,11 @@ from tests.ui_feedback_screenshot import (
     sample_bytes,
     take_feedback_screenshot,
 )
-from tests.ui_screenshot import CHROMIUM, SEVEN, draw_stroke, launch, open_page, settled
+from tests.ui_fixtures import needs_chromium, new_page
+from tests.ui_screenshot import SEVEN, draw_stroke, settled
 
-pytest_plugins = ["tests.serving_fixtures"]
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium) "
-    "or set CONVLENS_CHROMIUM; Playwright's own browser download is not used",
-)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        yield browser
-        browser.close()
-
-
-def new_page(browser, url: str):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    open_page(page, url)
-    return context, page, errors
-
-
-@pytest.fixture
-def page(browser, served_url) -> Iterator:
-    context, page, errors = new_page(browser, served_url)
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -117,17 +86,13 @@ def test_a_feedback_database_that_is_down_is_said_on_the_page(browser, packaged,
     process, server = start_server(packaged.bentoml_home, tmp_path / "serve.log", **env)
     try:
         wait_until_ready(process)
-        context, page, errors = new_page(browser, server.url)
-        try:
+        with new_page(browser, server.url) as page:
             pick_sample(page, 4)
             said = answer(page, 4)
             assert page.locator("#feedback").get_attribute("data-state") == "error"
             assert said.startswith("Not saved: The feedback database's folder cannot be"), said
             assert page.locator("#label").inner_text() == "4"  # the prediction still works
             page.screenshot(path=str(tmp_path / "feedback-error.png"))
-        finally:
-            context.close()
-        assert not errors, errors
     finally:
         stop(process)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,15 +20,11 @@ from convlens.drift import reading
 from serving.monitoring import WINDOW
 from tests.harness import digit_png, png_bytes
 from tests.test_monitoring import mnist_sample, shrunk_into_a_corner
-from tests.ui_screenshot import CHROMIUM, launch, open_page
+from tests.ui_fixtures import needs_chromium, new_page
 
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium) "
-    "or set CONVLENS_CHROMIUM; Playwright's own browser download is not used",
-)
+pytestmark = needs_chromium
 
 
 def metric_totals(url: str) -> dict[str, float]:
@@ -46,10 +43,8 @@ def metric_totals(url: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def page_after_traffic(served_url, mnist_root):
+def page_after_traffic(browser, served_url, mnist_root) -> Iterator:
     """The page, opened after three uploads, a blank one and a window of shifted digits."""
-    from playwright.sync_api import sync_playwright
-
     for index in range(3):
         files = {"image": ("digit.png", digit_png(index, mnist_root), "image/png")}
         assert httpx.post(f"{served_url}/predict", files=files, timeout=60).status_code == 200
@@ -65,13 +60,9 @@ def page_after_traffic(served_url, mnist_root):
     )
     assert answer.status_code == 200
     totals = metric_totals(served_url)
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        open_page(page, served_url)
+    with new_page(browser, served_url, viewport=(1200, 900)) as page:
         page.wait_for_selector("#model-stats[data-loaded=true]", timeout=30_000)
         yield page, totals
-        browser.close()
 
 
 def test_card_shows_the_predictions_metrics_counted(page_after_traffic):

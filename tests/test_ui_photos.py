@@ -6,47 +6,26 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from convlens.preprocessing import to_mnist
 from tests.harness import mnist_test_set
 from tests.photos import photo_jpeg
-from tests.ui_screenshot import CHROMIUM, launch, open_page, settled, wait_for_results
+from tests.ui_fixtures import needs_chromium
+from tests.ui_screenshot import settled, wait_for_results
 
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 
 # Photo of MNIST test digit 1234 (seed 3): tilted, under a strong linear shadow.
 INDEX, SEED = 1234, 3
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no Chromium at {CHROMIUM}: install Debian's (apt-get install -y chromium) "
-    "or set CONVLENS_CHROMIUM; Playwright's own browser download is not used",
-)
+pytestmark = needs_chromium
 
 SHOWN_PIXELS = """async () => {
   const img = document.querySelector('#preprocessed');
   const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
   return Array.from(bytes);
 }"""
-
-
-@pytest.fixture
-def page(served_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        open_page(page, served_url)
-        yield page
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_what_the_model_saw_is_to_mnist_of_the_uploaded_photo(page, mnist_root, tmp_path):
