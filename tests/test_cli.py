@@ -8,14 +8,14 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, run_train
+from tests.conftest import REPO, run_train, with_store
 from tests.harness import free_port
 
 TINY = ["trainer.max_epochs=1", "data.subset=500", "data.val_subset=500", "data.test_subset=500"]
 
 
 def test_multirun_gives_each_job_its_own_mlflow_run(tmp_path, mnist_root):
-    result = run_train(tmp_path, "-m", "optimizer.lr=1e-3,3e-4", *TINY)
+    result = run_train(with_store(tmp_path), "-m", "optimizer.lr=1e-3,3e-4", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("convlens-mnist")
@@ -42,7 +42,7 @@ NOISE = (
 
 
 def test_train_shows_progress_and_summary_and_logs_the_rest(tmp_path, mnist_root):
-    result = run_train(tmp_path, *TINY)
+    result = run_train(with_store(tmp_path), *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     terminal = result.stdout + result.stderr
     for wanted in ("Epoch 0/0", "Testing", "\nrun  ", "test acc", "registered convlens-mnist"):

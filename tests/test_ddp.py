@@ -3,12 +3,12 @@
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import MODEL_NAME, run_train
+from tests.conftest import MODEL_NAME, run_train, with_store
 
 
 @pytest.fixture(scope="module")
 def ddp_store(tmp_path_factory, mnist_root):
-    workdir = tmp_path_factory.mktemp("ddp")
+    workdir = with_store(tmp_path_factory.mktemp("ddp"))
     result = run_train(
         workdir,
         "trainer=ddp",

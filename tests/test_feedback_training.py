@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from convlens.data import MNISTDataModule
 from convlens.feedback import FeedbackStore
 from convlens.feedback_data import HOLDOUT, TRAIN, held_out, load_examples, split
-from tests.conftest import run_train
+from tests.conftest import run_train, with_store
 from tests.harness import mnist_test_set, png_bytes
 
 FIRST = 5000  # MNIST test digits from here on play the users' digits: smoke tests on 0-1999
@@ -78,7 +78,7 @@ def test_feedback_off_changes_nothing(mnist_root):
 
 @pytest.fixture(scope="module")
 def feedback_run(tmp_path_factory, feedback_url, mnist_root):
-    workdir = tmp_path_factory.mktemp("feedback-run")
+    workdir = with_store(tmp_path_factory.mktemp("feedback-run"))
     result = run_train(
         workdir,
         "experiment=smoke",

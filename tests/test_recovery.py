@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.conftest import run_train, spawn_train
+from tests.conftest import run_train, spawn_train, with_store
 
 # 125 steps an epoch: long enough to interrupt, short enough for CI.
 ARGS = ["experiment=smoke", "trainer.max_epochs=3", "data.subset=8000", "registry.enabled=false"]
@@ -38,7 +38,7 @@ def only_run(workdir: Path):
 
 
 def interrupted_then_resumed(tmp_path_factory, sig: int):
-    workdir = tmp_path_factory.mktemp(f"signal{sig}")
+    workdir = with_store(tmp_path_factory.mktemp(f"signal{sig}"))
     process = spawn_train(workdir, *ARGS)
     checkpoints = wait_for_first_epoch(workdir, process)
     if sig == signal.SIGTERM:

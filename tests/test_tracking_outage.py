@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,10 +56,9 @@ def image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
     }
 
 
-@pytest.fixture(scope="module")
-def outage_then_return(tmp_path_factory, mnist_root):
-    workdir = tmp_path_factory.mktemp("outage")
-    server = MlflowServer(workdir).start()
+def outage_then_return(workdir: Path, server: MlflowServer) -> int:
+    """Train; after the first epoch stop the server for OUTAGE_S, then bring it back."""
+    server.start()
     process = start_training(
         workdir, server.uri, f"00:00:{int(OUTAGE_S + 60) // 60:02d}:{int(OUTAGE_S + 60) % 60:02d}"
     )
@@ -66,23 +67,62 @@ def outage_then_return(tmp_path_factory, mnist_root):
         server.stop()
         time.sleep(OUTAGE_S)
         server.start()
-        rc = process.wait(timeout=OUTAGE_S + 600)
-        yield workdir, rc, MlflowClient(server.uri)
+        return process.wait(timeout=OUTAGE_S + 600)
     finally:
         process.kill()
+
+
+def server_gone_for_good(workdir: Path, server: MlflowServer) -> tuple[int, float]:
+    """Train; after the first epoch stop the server for good. (exit status, seconds from the
+    stop to the end of training)."""
+    server.start()
+    process = start_training(workdir, server.uri, "00:00:00:40")
+    try:
+        wait_for_first_epoch(workdir, process)
         server.stop()
+        stopped = time.monotonic()
+        rc = process.wait(timeout=600)
+        return rc, time.monotonic() - stopped
+    finally:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory, mnist_root) -> Iterator[dict]:
+    """Both scenarios at once, each with its own server and training: they spend most of
+    their time waiting (the outage, the time-bounded training), so running them side by side
+    halves this module's time. Their servers stay up for the tests (the gone one stopped)."""
+    workdirs = {name: tmp_path_factory.mktemp(name) for name in ("outage", "gone")}
+    servers = {name: MlflowServer(workdir) for name, workdir in workdirs.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outage = pool.submit(outage_then_return, workdirs["outage"], servers["outage"])
+            gone = pool.submit(server_gone_for_good, workdirs["gone"], servers["gone"])
+            yield {
+                "outage": (workdirs["outage"], outage, servers["outage"]),
+                "gone": (workdirs["gone"], gone, servers["gone"]),
+            }
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def after_outage(scenarios) -> tuple[Path, int, MlflowClient]:
+    workdir, future, server = scenarios["outage"]
+    return workdir, future.result(), MlflowClient(server.uri)
 
 
 @pytest.mark.slow
-def test_training_finishes_through_an_outage(outage_then_return):
-    workdir, rc, client = outage_then_return
+def test_training_finishes_through_an_outage(after_outage):
+    workdir, rc, client = after_outage
     assert rc == 0, (workdir / "train.log").read_text()[-3000:]
     assert the_run(client).info.status == "FINISHED"
 
 
 @pytest.mark.slow
-def test_metrics_logged_during_the_outage_are_written_when_it_returns(outage_then_return):
-    _, _, client = outage_then_return
+def test_metrics_logged_during_the_outage_are_written_when_it_returns(after_outage):
+    _, _, client = after_outage
     run = the_run(client)
     epochs = len(list(Path(run.data.tags["convlens.checkpoint_dir"]).parent.glob("final")))
     val = client.get_metric_history(run.info.run_id, "val/acc")
@@ -92,16 +132,16 @@ def test_metrics_logged_during_the_outage_are_written_when_it_returns(outage_the
 
 
 @pytest.mark.slow
-def test_images_logged_during_the_outage_are_written_when_it_returns(outage_then_return):
-    _, _, client = outage_then_return
+def test_images_logged_during_the_outage_are_written_when_it_returns(after_outage):
+    _, _, client = after_outage
     run = the_run(client)
     val_epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
     assert image_steps(client, run.info.run_id, "filters/conv1") == set(range(val_epochs + 1))
 
 
 @pytest.mark.slow
-def test_the_model_is_registered_after_an_outage(outage_then_return):
-    _, _, client = outage_then_return
+def test_the_model_is_registered_after_an_outage(after_outage):
+    _, _, client = after_outage
     assert (
         client.get_model_version_by_alias(MODEL_NAME, "champion").run_id
         == the_run(client).info.run_id
@@ -109,44 +149,35 @@ def test_the_model_is_registered_after_an_outage(outage_then_return):
 
 
 @pytest.fixture(scope="module")
-def server_gone_for_good(tmp_path_factory, mnist_root):
-    workdir = tmp_path_factory.mktemp("gone")
-    server = MlflowServer(workdir).start()
-    process = start_training(workdir, server.uri, "00:00:00:40")
-    try:
-        wait_for_first_epoch(workdir, process)
-        server.stop()
-        stopped = time.monotonic()
-        rc = process.wait(timeout=600)
-        yield workdir, rc, time.monotonic() - stopped, server
-    finally:
-        process.kill()
-        server.stop()
+def gone(scenarios) -> tuple[Path, int, float, MlflowServer]:
+    workdir, future, server = scenarios["gone"]
+    rc, elapsed = future.result()
+    return workdir, rc, elapsed, server
 
 
-def test_training_finishes_when_the_server_is_gone_for_good(server_gone_for_good):
-    workdir, rc, elapsed, _ = server_gone_for_good
+def test_training_finishes_when_the_server_is_gone_for_good(gone):
+    workdir, rc, elapsed, _ = gone
     log = (workdir / "train.log").read_text()
     assert rc == 75, log[-3000:]
     assert elapsed < 40 + 30 + 60  # the rest of max_time, at most 30 s of stall, test and save
 
 
-def test_it_says_what_was_not_logged_and_how_to_upload(server_gone_for_good):
-    workdir, *_ = server_gone_for_good
+def test_it_says_what_was_not_logged_and_how_to_upload(gone):
+    workdir, *_ = gone
     log = (workdir / "train.log").read_text()
     assert "did not answer" in log and "python -m pipelines.upload" in log
     assert "Traceback" not in log
 
 
-def test_checkpoints_and_the_best_model_stay_on_disk(server_gone_for_good):
-    workdir, *_ = server_gone_for_good
+def test_checkpoints_and_the_best_model_stay_on_disk(gone):
+    workdir, *_ = gone
     assert list(workdir.glob("outputs/*/*/checkpoints/*.ckpt"))
     assert list(workdir.glob("outputs/*/*/final/model/model.safetensors"))
     assert list(workdir.glob("outputs/*/*/mlflow-outbox/manifest.json"))
 
 
-def test_upload_sends_everything_once_the_server_is_back(server_gone_for_good):
-    workdir, _, _, server = server_gone_for_good
+def test_upload_sends_everything_once_the_server_is_back(gone):
+    workdir, _, _, server = gone
     outbox = next(workdir.glob("outputs/*/*/mlflow-outbox"))
     server.start()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
