@@ -1,5 +1,9 @@
 """A throwaway PostgreSQL cluster that tests can stop and start again: a database going down
-and coming back, for real (initdb + pg_ctl in a temp folder, on a free loopback port)."""
+and coming back, for real (initdb + pg_ctl in a temp folder, on a free loopback port).
+
+A plugin for the modules that need one: `pytest_plugins = ["tests.postgres_cluster"]` gives
+them the module-scoped `cluster` fixture. (PYTEST_DONT_REWRITE: they also import names from
+here before pytest loads it as a plugin, too late to rewrite asserts it does not need.)"""
 
 from __future__ import annotations
 
@@ -8,15 +12,24 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from tests.harness import free_port
-from tests.test_tracking_server import postgres_bin
 
 USER, PASSWORD = "convlens", "test-only-password"
+
+
+def postgres_bin() -> Path | None:
+    """The folder holding initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
+    return versions[-1].parent if versions else None
 
 
 class PostgresCluster:
@@ -94,3 +107,13 @@ class PostgresCluster:
                 return cursor.fetchall()
         finally:
             connection.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    """A running cluster for the test module, removed after it."""
+    running = PostgresCluster().start()
+    try:
+        yield running
+    finally:
+        running.remove()

@@ -31,8 +31,10 @@ from convlens.feedback import (
 )
 from serving.settings import feedback_url_from
 from tests.conftest import REPO
-from tests.postgres_cluster import PASSWORD, PostgresCluster
+from tests.postgres_cluster import PASSWORD
 from tests.test_pipelines import assert_one_line_error, run_module
+
+pytest_plugins = ["tests.postgres_cluster"]  # the `cluster` fixture
 
 DATABASES = itertools.count()  # a fresh PostgreSQL database per test
 
@@ -48,15 +50,6 @@ def upload(seed: int, size: int = 40) -> bytes:
 
 def digit(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    running = PostgresCluster().start()
-    try:
-        yield running
-    finally:
-        running.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,10 +13,9 @@ from PIL import Image
 
 from convlens.feedback import FeedbackStore, sha256_of
 from tests.harness import digit_png
-from tests.postgres_cluster import PostgresCluster
 from tests.serving_fixtures import start_server, stop, wait_until_ready
 
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.postgres_cluster"]
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +137,6 @@ def test_the_document_describes_feedback_and_its_503(http):
 
 
 # ------------------------------------------------------------------ outages and restarts
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    running = PostgresCluster().start()
-    try:
-        yield running
-    finally:
-        running.remove()
 
 
 def serve(packaged, tmp_path, url: str):

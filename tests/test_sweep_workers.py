@@ -8,7 +8,6 @@ import random
 import time
 
 import optuna
-import psycopg2
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -16,21 +15,16 @@ from optuna.trial import TrialState
 from convlens import sweep
 from convlens.sweep import SURPLUS_ATTR, SurplusTrial, claim
 from tests.conftest import MODEL_NAME
+from tests.postgres_cluster import PASSWORD
 from tests.test_pipelines import run_module
 from tests.test_sweep import TINY
-from tests.test_tracking_server import PG_PASSWORD, PG_USER, postgres  # noqa: F401 - a fixture
+
+pytest_plugins = ["tests.postgres_cluster"]  # the `cluster` fixture
 
 
-def database(postgres, name: str) -> str:  # noqa: F811 - the fixture
+def database(cluster, name: str) -> str:
     """A fresh database in the test cluster, as compose's init script makes `optuna`."""
-    admin = psycopg2.connect(
-        host="127.0.0.1", port=postgres.port, user=PG_USER, password=PG_PASSWORD, dbname="mlflow"
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    admin.close()
-    return postgres.uri.rsplit("/", 1)[0] + f"/{name}"
+    return cluster.create_database(name)
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -69,8 +63,8 @@ def race(overrides: list[str], index: int) -> int:
     return sweep.work(p, "no-parent-run", index, run_trial=quick, record=False)
 
 
-def test_many_workers_on_postgres_finish_exactly_the_budget(postgres, tmp_path, monkeypatch):  # noqa: F811
-    storage = database(postgres, "race")
+def test_many_workers_on_postgres_finish_exactly_the_budget(cluster, tmp_path, monkeypatch):
+    storage = database(cluster, "race")
     monkeypatch.chdir(tmp_path)
     overrides = [
         "hparams_search=mnist_optuna",
@@ -96,8 +90,8 @@ def test_many_workers_on_postgres_finish_exactly_the_budget(postgres, tmp_path, 
 # --- make sweep WORKERS=2 -------------------------------------------------------------------
 
 
-def test_two_worker_processes_share_one_study_on_postgres(postgres, tmp_path, mnist_root):  # noqa: F811
-    storage = database(postgres, "optuna")
+def test_two_worker_processes_share_one_study_on_postgres(cluster, tmp_path, mnist_root):
+    storage = database(cluster, "optuna")
     result = run_module(
         tmp_path,
         "pipelines.sweep",
@@ -109,7 +103,7 @@ def test_two_worker_processes_share_one_study_on_postgres(postgres, tmp_path, mn
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 worker(s) here" in result.stdout
-    assert PG_PASSWORD not in result.stdout + result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
     assert not (tmp_path / "optuna.db").exists()  # the study is in PostgreSQL, not a file
     study = optuna.load_study(study_name=MODEL_NAME, storage=storage)
     done = finished(study)

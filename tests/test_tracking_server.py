@@ -1,111 +1,46 @@
 """Everything through a real tracking server: `mlflow server` with a PostgreSQL backend store and
 proxied artifacts, and a release (train, evaluate, register, promote, package) against it.
 
-PostgreSQL is a throwaway cluster (initdb + pg_ctl) in a temp folder on a free port. Without
+PostgreSQL is a throwaway cluster (`tests/postgres_cluster.py`) on a free port. Without
 the binaries the tests are skipped, except in CI (CI=true), where they fail.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import pwd
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import MODEL_NAME
-from tests.harness import free_port
 from tests.mlflow_server import MlflowServer
+from tests.postgres_cluster import PostgresCluster
 from tests.test_pipelines import run_module
 
-PG_USER, PG_PASSWORD, PG_DB = "mlflow", "test-only-password", "mlflow"
+pytest_plugins = ["tests.postgres_cluster"]  # the `cluster` fixture
+
+PG_DB = "mlflow"
 RUN_LINE = re.compile(r"^\[1/5\] train +run ([0-9a-f]{32}):", re.MULTILINE)
-
-
-def postgres_bin() -> Path | None:
-    """The folder holding initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
-    found = shutil.which("pg_ctl")
-    if found and shutil.which("initdb"):
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
-    return versions[-1].parent if versions else None
 
 
 @dataclass(frozen=True)
 class Postgres:
+    """The module's cluster and the `mlflow` database the tracking server stores in."""
+
+    cluster: PostgresCluster
     uri: str  # SQLAlchemy URI; SQLAlchemy 2.1's default postgresql driver is psycopg 3, not ours
-    port: int
 
     def query(self, sql: str, *params) -> list[tuple]:
-        connection = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=PG_USER, password=PG_PASSWORD, dbname=PG_DB
-        )
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                return cursor.fetchall()
-        finally:
-            connection.close()
+        return self.cluster.query(PG_DB, sql, *params)
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    bindir = postgres_bin()
-    if bindir is None:
-        message = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    # In /tmp, not pytest's per-user temp dir: the cluster's owner must be able to reach it.
-    folder = Path(tempfile.mkdtemp(prefix="convlens-pg-"))
-    as_owner: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to the postgres user
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root needs a `postgres` user to own the test cluster")
-        shutil.chown(folder, "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    (folder / "password").write_text(PG_PASSWORD)
-    if as_owner:
-        shutil.chown(folder / "password", "postgres")
-    data, port = folder / "data", free_port()
-
-    def pg(*args: str, timeout: float = 120) -> None:
-        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=timeout)
-
-    try:
-        pg(
-            str(bindir / "initdb"), "-D", str(data), "-U", PG_USER,
-            f"--pwfile={folder / 'password'}", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync",
-        )  # fmt: skip
-        options = f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off"
-        pg(
-            str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
-            "-l", str(folder / "postgres.log"), "-w", "-t", "60", "start",
-        )  # fmt: skip
-        admin = psycopg2.connect(
-            host="127.0.0.1", port=port, user=PG_USER, password=PG_PASSWORD, dbname="postgres"
-        )
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {PG_DB}")
-        admin.close()
-        uri = f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{PG_DB}"
-        yield Postgres(uri, port)
-    finally:
-        if (data / "postmaster.pid").exists():
-            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+def postgres(cluster) -> Postgres:
+    return Postgres(cluster, cluster.create_database(PG_DB))
 
 
 @pytest.fixture(scope="module")
