@@ -90,3 +90,16 @@ def test_augmentations_apply_only_to_training_batches(mnist_root):
     batch = (dm.train_set.images, dm.train_set.labels)
     images, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer: not training
     assert torch.equal(images, normalize(dm.train_set.images))
+
+
+def test_the_default_run_trains_with_all_four_augmentations(mnist_root):
+    from hydra.utils import instantiate
+
+    from convlens.config import compose
+
+    cfg = compose([f"data.root={mnist_root}"])
+    assert cfg.data.augment is True
+    datamodule = instantiate(cfg.data)
+    expected = Augmentations(shift=2, scale=0.15, slant=15, stroke=0.5)
+    assert datamodule.augmentations == expected
+    assert datamodule.hparams.augment
