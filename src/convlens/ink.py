@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from convlens import components
+
 WORK_SIDE = 400  # px: larger uploads are analysed at this size (a 20 px box is the goal)
 FIT_SIDE = 64  # px: the background surface is fitted on this coarse grid
 MIN_DIGIT = 0.03  # of the frame's longer side: smaller marks are specks, not a digit
@@ -131,8 +133,8 @@ def _keep_digit(ink: np.ndarray, noise: float) -> np.ndarray:
     _check_contrast(peak)
     low = max(0.2 * peak, 3 * noise)
     strong, faint = _without_lines(smooth > max(0.35 * peak, 6 * noise), smooth > low)
-    labels, count = _label(strong)
-    boxes = _boxes(labels, count)
+    labels, count = components.label(strong)
+    boxes = components.boxes(labels, count)
     shape = ink.shape
     candidates = [i for i, b in enumerate(boxes) if not (_is_edge(b, shape) or _is_rule(b, shape))]
     strokes = (
@@ -157,7 +159,7 @@ def _keep_digit(ink: np.ndarray, noise: float) -> np.ndarray:
         and boxes[i][3] > left - reach
     ]
     seeds = np.isin(labels, keep)
-    grown, _ = _label(faint | seeds)
+    grown, _ = components.label(faint | seeds)
     digit = np.isin(grown, np.unique(grown[seeds]))
     rows, cols = np.flatnonzero(seeds.any(axis=1)), np.flatnonzero(seeds.any(axis=0))
     box = np.zeros_like(digit)  # faint pixels add edges to strokes, not length to a line
@@ -175,54 +177,6 @@ def _box3(image: np.ndarray) -> np.ndarray:
     return sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of `mask`: labels 1..count, 0 for the background.
-
-    On the marked pixels only: each takes the smallest label among its neighbours, hooks its
-    old label's root to it, then labels jump to their roots; a few rounds even for long
-    strokes, in plain numpy (serving ships without scipy).
-    """
-    h, w = mask.shape
-    padded = np.pad(mask, 1).ravel()
-    where = np.flatnonzero(padded)
-    index = np.full(padded.size, -1)
-    index[where] = np.arange(len(where))
-    offsets = [dy * (w + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    neighbours = np.stack([index[where + o] for o in offsets], axis=1)
-    neighbours = np.where(neighbours < 0, np.arange(len(where))[:, None], neighbours)
-    labels = np.arange(len(where))
-    while True:
-        lowest = labels[neighbours].min(axis=1)
-        before = labels.copy()
-        np.minimum.at(labels, before, lowest)
-        np.minimum(labels, lowest, out=labels)
-        while not np.array_equal(jumped := labels[labels], labels):
-            labels = jumped
-        if np.array_equal(labels, before):
-            break
-    roots, dense = np.unique(labels, return_inverse=True)
-    out = np.zeros(padded.size, np.int32)
-    out[where] = dense + 1
-    return out.reshape(h + 2, w + 2)[1:-1, 1:-1], len(roots)
-
-
-def _boxes(labels: np.ndarray, count: int) -> list[tuple[int, int, int, int, int]]:
-    """Each component's (top, left, bottom, right, area), bottom and right exclusive."""
-    ys, xs = np.nonzero(labels)
-    which = labels[ys, xs] - 1
-    area = np.bincount(which, minlength=count)
-    top = np.full(count, labels.shape[0]), np.full(count, labels.shape[1])
-    np.minimum.at(top[0], which, ys)
-    np.minimum.at(top[1], which, xs)
-    bottom, right = np.zeros(count, int), np.zeros(count, int)
-    np.maximum.at(bottom, which, ys + 1)
-    np.maximum.at(right, which, xs + 1)
-    return [
-        (int(top[0][i]), int(top[1][i]), int(bottom[i]), int(right[i]), int(area[i]))
-        for i in range(count)
-    ]
-
-
 def _without_lines(strong: np.ndarray, faint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove straight lines that run across most of the frame (ruled lines, a margin), and
     keep the pixels where a stroke crosses one."""
@@ -238,8 +192,8 @@ def _without_rows(strong: np.ndarray, faint: np.ndarray) -> tuple[np.ndarray, np
     one straight line that runs across at least 80% of the frame."""
     h, w = strong.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    labels, count = _label(faint)
-    edges = [i + 1 for i, b in enumerate(_boxes(labels, count)) if _is_edge(b, (h, w))]
+    labels, count = components.label(faint)
+    edges = [i + 1 for i, b in enumerate(components.boxes(labels, count)) if _is_edge(b, (h, w))]
     ys, xs = np.nonzero(faint & ~np.isin(labels, edges))
     done: list[tuple[float, int]] = []
     for angle in np.radians(np.arange(-8, 8.01, 0.5)):
