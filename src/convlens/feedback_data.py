@@ -88,6 +88,35 @@ def split(examples: list, every: int, source: str = "") -> FeedbackSplit:
     )
 
 
+class NoStore(LookupError):
+    """The SQLite file does not exist: nothing to read (and opening it would create it)."""
+
+
+class StoreUnreadable(RuntimeError):
+    """The database cannot be read; the message is the first line of its reason."""
+
+
+def read_examples(url: str) -> list:
+    """Every stored example (`convlens.feedback.Example`), without creating a store.
+
+    Raises NoStore or StoreUnreadable; callers word both for their own command."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise NoStore(redacted(url))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from convlens.feedback import FeedbackStore, FeedbackUnavailable
+
+    try:
+        store = FeedbackStore(url)
+        try:
+            return store.examples()
+        finally:
+            store.close()
+    except (FeedbackUnavailable, SQLAlchemyError, OSError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StoreUnreadable(reason) from None
+
+
 def load_examples(url: str | None) -> list:
     """Every stored example, or a one-line error saying why there are none to train with."""
     if not url:
@@ -96,21 +125,16 @@ def load_examples(url: str | None) -> list:
             "(or CONVLENS_FEEDBACK_URL), or train with data.feedback=false"
         )
     shown = redacted(url)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    try:
+        examples = read_examples(url)
+    except NoStore:
         raise FeedbackDataError(
             f"data.feedback=true but there is no feedback store at {shown}: point "
             "paths.feedback_url (or CONVLENS_FEEDBACK_URL) at it, or train with data.feedback=false"
-        )
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from convlens.feedback import FeedbackStore, FeedbackUnavailable
-
-    try:
-        examples = FeedbackStore(url).examples()
-    except (FeedbackUnavailable, SQLAlchemyError, OSError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        ) from None
+    except StoreUnreadable as error:
         raise FeedbackDataError(
-            f"data.feedback=true but the feedback store at {shown} cannot be read ({reason}): "
+            f"data.feedback=true but the feedback store at {shown} cannot be read ({error}): "
             "start it or fix paths.feedback_url, or train with data.feedback=false"
         ) from None
     if not examples:

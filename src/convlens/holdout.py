@@ -11,7 +11,6 @@ with like, every time the store has enough of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from mlflow import MlflowClient
@@ -19,7 +18,14 @@ from mlflow.entities.model_registry import ModelVersion
 
 from convlens.artifact import WEIGHTS_SHA256, load_logged_net
 from convlens.config import FeedbackGate
-from convlens.feedback_data import FeedbackPart, redacted, split
+from convlens.feedback_data import (
+    FeedbackPart,
+    NoStore,
+    StoreUnreadable,
+    read_examples,
+    redacted,
+    split,
+)
 from convlens.preprocessing import normalize
 
 
@@ -49,26 +55,17 @@ def current_holdout(gate: FeedbackGate) -> FeedbackPart | str:
     url = gate.store_url
     if not url:
         return "no feedback store is configured (paths.feedback_url)"
-    shown = redacted(url)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return f"no feedback store at {shown} yet"
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from convlens.feedback import FeedbackStore, FeedbackUnavailable
-
     try:
-        store = FeedbackStore(url)
-        try:
-            examples = store.examples()
-        finally:
-            store.close()
-    except (FeedbackUnavailable, SQLAlchemyError, OSError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"the feedback store at {shown} cannot be read ({reason})"
-    holdout = split(examples, gate.every).holdout if examples else None
-    found = len(holdout) if holdout is not None else 0
-    if found < gate.min_holdout:
-        return f"{found} held-out digits in the feedback store, fewer than {gate.min_holdout}"
+        examples = read_examples(url)
+    except NoStore:
+        return f"no feedback store at {redacted(url)} yet"
+    except StoreUnreadable as error:
+        return f"the feedback store at {redacted(url)} cannot be read ({error})"
+    holdout = split(examples, gate.every).holdout
+    if len(holdout) < gate.min_holdout:
+        return (
+            f"{len(holdout)} held-out digits in the feedback store, fewer than {gate.min_holdout}"
+        )
     return holdout
 
 
