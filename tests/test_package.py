@@ -37,6 +37,7 @@ SERVING_MODULES = {
     "convlens/artifact.py",
     "convlens/preprocessing.py",
     "convlens/ink.py",
+    "convlens/components.py",
     "convlens/drift.py",
     "convlens/model.py",
     "convlens/visuals.py",
