@@ -13,6 +13,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from convlens.cli import Parser, add_overrides, run_cli
@@ -25,6 +26,19 @@ def spawn(overrides: list[str], index: int) -> subprocess.Popen:
     return subprocess.Popen(command)
 
 
+def stop_workers(children: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """After Ctrl-C: a terminal's reached the workers too, so give them `grace_s` to stop
+    before passing one on (`kill -INT` of this process reached only it)."""
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)
+    for child in children:
+        child.wait()
+
+
 def log_to_file(path: Path) -> None:
     """Every worker's log records in one file beside the study's trial folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +49,20 @@ def log_to_file(path: Path) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
+
+
+INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+
+def interrupted(study_name: str) -> int:
+    """One line for Ctrl-C: what was kept, and the command that carries on."""
+    print(
+        f"error: sweep interrupted; finished trials are kept and a running one is marked failed. "
+        f"The same command resumes study {study_name!r}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:  # a launcher's child: the study and parent exist
         offset = args.worker if args.worker >= 0 else None  # -1: joined, a fresh seed
         study = sweep.load_study(p, storage, offset)
-        sweep.work(p, sweep_record.ensure_parent(p, study, created=False), offset)
+        try:
+            sweep.work(p, sweep_record.ensure_parent(p, study, created=False), offset)
+        except KeyboardInterrupt:
+            return INTERRUPTED  # the launcher says it once
         return 0
 
     created = sweep.create_or_join(p, storage)
@@ -79,15 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if p.workers == 1:
-        sweep.work(p, parent, 0 if created else None)
+        try:
+            sweep.work(p, parent, 0 if created else None)
+        except KeyboardInterrupt:
+            sweep_record.stop_parent(p, study, parent)
+            return interrupted(p.study_name)
     else:
         children = [spawn(args.overrides, i if created else -1) for i in range(p.workers)]
         try:
             codes = [child.wait() for child in children]
         except KeyboardInterrupt:
-            for child in children:
-                child.send_signal(signal.SIGINT)
-            raise
+            stop_workers(children)
+            sweep_record.stop_parent(p, study, parent)
+            return interrupted(p.study_name)
         if any(codes):
             print(f"error: sweep workers exited with {codes}", file=sys.stderr)
             return 1

@@ -210,6 +210,51 @@ def test_a_killed_sweep_resumes_keeps_its_trials_and_reaches_its_budget(tmp_path
     assert ": resumed," in result.stdout
 
 
+def test_ctrl_c_marks_the_running_trial_failed_and_says_how_to_resume(tmp_path, mnist_root):
+    args = [*TINY, "sweep.n_trials=1", "trainer.max_epochs=100"]  # long enough to interrupt
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        sweeping = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.sweep", *args],
+            cwd=tmp_path,
+            env=train_env(),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while True:  # a validation reported: the trial is inside training
+                assert sweeping.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the trial never reported"
+                if (tmp_path / "optuna.db").exists():
+                    try:
+                        trials = study_of(tmp_path).get_trials()
+                    except KeyError:
+                        trials = []
+                    if trials and trials[0].intermediate_values:
+                        break
+                time.sleep(1)
+            os.killpg(sweeping.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole group
+            sweeping.wait(timeout=120)
+        finally:
+            if sweeping.poll() is None:
+                os.killpg(sweeping.pid, signal.SIGKILL)
+    stderr = (tmp_path / "err.log").read_text()
+    assert sweeping.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: sweep interrupted; finished trials are kept and a running one is marked failed. "
+        f"The same command resumes study '{MODEL_NAME}'"
+    )
+    study = study_of(tmp_path)
+    assert states(study) == ["FAIL"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    child = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert (child.info.status, child.data.tags["sweep.state"]) == ("FAILED", "FAIL")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "KILLED"
+
+
 # --- pruning ----------------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ QUIET_LOGGERS = (
     "alembic",
     "huey",
     "bentoml",
+    "optuna",  # "A new study created ...", a failed trial's traceback (the sweep says it in a line)
 )
 
 # Warnings that go to the log file only: the top-level package a warning is attributed to

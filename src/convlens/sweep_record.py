@@ -160,6 +160,14 @@ def refresh(p: Plan, study: optuna.Study, parent_run_id: str) -> None:
         print(f"sweep: could not update parent run {parent_run_id}: {error}", flush=True)
 
 
+def stop_parent(p: Plan, study: optuna.Study, parent_run_id: str) -> None:
+    """After Ctrl-C: the parent run is up to date and ends KILLED, unless workers elsewhere
+    still run trials (the last of them finishes it). Resuming sets it RUNNING again."""
+    refresh(p, study, parent_run_id)
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        client(p.tracking_uri).set_terminated(parent_run_id, "KILLED")
+
+
 def _refresh(p: Plan, study: optuna.Study, parent_run_id: str) -> None:
     from convlens.sweep import RUN_ATTR, tally
 

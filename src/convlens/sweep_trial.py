@@ -96,6 +96,7 @@ def objective(p: Plan, parent_run_id: str, trial: optuna.Trial) -> float:
             "sweep.command": train_command(overrides),
         }
         cfg.logger.mlflow.run_name = f"{p.study_name}-trial-{trial.number}"
+        cfg.callbacks.pop("checkpoint_on_stop", None)  # a trial reruns by its command, not resume
     reporter = ReportToTrial(trial, p.monitor)
     try:
         result = train(cfg, callbacks=[reporter])
@@ -104,10 +105,12 @@ def objective(p: Plan, parent_run_id: str, trial: optuna.Trial) -> float:
             trial.set_user_attr(RUN_ATTR, reporter.run_id)
             sweep_record.mark_child(p.tracking_uri, reporter.run_id, TrialState.PRUNED)
         raise
-    except Exception:
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
         if reporter.run_id:
             trial.set_user_attr(RUN_ATTR, reporter.run_id)
             sweep_record.mark_child(p.tracking_uri, reporter.run_id, TrialState.FAIL)
+        if isinstance(error, SystemExit):  # Lightning's answer to Ctrl-C or SIGTERM
+            raise KeyboardInterrupt from error  # so Optuna marks the trial FAIL, not RUNNING
         raise
     trial.set_user_attr(RUN_ATTR, result.run_id)
     sweep_record.mark_child(p.tracking_uri, result.run_id, TrialState.COMPLETE)
