@@ -213,7 +213,12 @@ def served(served_server: Server) -> str:
     return served_server.url
 
 
+SERVED_URL_ENV = "CONVLENS_SERVED_URL"
+
+
 @pytest.fixture(scope="session")
-def served_url(served: str) -> str:
-    """The same base URL, under the name the browser tests use."""
-    return served
+def served_url(request: pytest.FixtureRequest) -> str:
+    """The base URL the browser tests open: the session's server, or a running `make serve`
+    named by CONVLENS_SERVED_URL, to take the README's screenshots from a fully trained
+    champion (the session trains a smoke model)."""
+    return os.environ.get(SERVED_URL_ENV) or request.getfixturevalue("served")
