@@ -32,7 +32,8 @@ def always(label: int) -> torch.nn.Module:
 
 
 def fill_store(url: str, per_label: dict[int, int]) -> None:
-    """Held-out digits with these labels (and as many training digits, which never count)."""
+    """Held-out digits with these labels; the digits the 1-in-EVERY rule keeps for training
+    in between are stored as 0s, and never count."""
     store = FeedbackStore(url)
     wanted = [label for label, n in per_label.items() for _ in range(n)]
     i = 0

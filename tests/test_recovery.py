@@ -18,11 +18,14 @@ ARGS = ["experiment=smoke", "trainer.max_epochs=3", "data.subset=8000", "registr
 
 
 def wait_for_first_epoch(workdir: Path, process: subprocess.Popen) -> Path:
-    """The checkpoint folder, once epoch 1 has been checkpointed (epoch 2 is then running)."""
+    """The checkpoint folder, once epoch 1 has been checkpointed (epoch 2 is then running).
+
+    Lightning writes the epoch's best checkpoint first and `last.ckpt` after it (each
+    atomically): a kill between the two leaves nothing to resume from, so wait for both."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         found = list(workdir.glob("outputs/*/*/checkpoints/epoch00-*.ckpt"))
-        if found:
+        if found and (found[0].parent / "last.ckpt").is_file():
             return found[0].parent
         assert process.poll() is None, (workdir / "train.log").read_text()[-3000:]
         time.sleep(0.1)
