@@ -47,6 +47,15 @@ def states(study: optuna.Study) -> list[str]:
     return [t.state.name for t in study.get_trials()]
 
 
+def trials_so_far(workdir: Path, output: Path) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, once the running sweep has said that the study exists: before
+    that its database may be half made, and opening it then races the sweep's own set-up
+    (both write the schema's version: `UNIQUE constraint failed: alembic_version`)."""
+    if "study '" not in output.read_text():
+        return []
+    return study_of(workdir).get_trials()
+
+
 def sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     result = run_module(workdir, "pipelines.sweep", *TINY, *args, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -185,13 +194,9 @@ def test_a_killed_sweep_resumes_keeps_its_trials_and_reaches_its_budget(tmp_path
         while True:  # one trial done, the next one training: then kill -9
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no second trial began"
-            if (tmp_path / "optuna.db").exists():
-                try:
-                    found = states(study_of(tmp_path))
-                except KeyError:
-                    found = []
-                if found == ["COMPLETE", "RUNNING"]:
-                    break
+            found = [t.state.name for t in trials_so_far(tmp_path, tmp_path / "first.log")]
+            if found == ["COMPLETE", "RUNNING"]:
+                break
             time.sleep(1)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
@@ -226,13 +231,9 @@ def test_ctrl_c_marks_the_running_trial_failed_and_says_how_to_resume(tmp_path, 
             while True:  # a validation reported: the trial is inside training
                 assert sweeping.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "the trial never reported"
-                if (tmp_path / "optuna.db").exists():
-                    try:
-                        trials = study_of(tmp_path).get_trials()
-                    except KeyError:
-                        trials = []
-                    if trials and trials[0].intermediate_values:
-                        break
+                trials = trials_so_far(tmp_path, tmp_path / "out.log")
+                if trials and trials[0].intermediate_values:
+                    break
                 time.sleep(1)
             os.killpg(sweeping.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole group
             sweeping.wait(timeout=120)
