@@ -30,7 +30,6 @@ from PIL import Image
 from convlens.artifact import MODEL_ENV
 from convlens.attribution import attribute
 from convlens.embedding import sprite
-from convlens.feedback import FeedbackStore, FeedbackUnavailable, InvalidFeedback
 from convlens.images import read_image
 from convlens.kernels import KERNELS, convolve2d, max_pool, relu
 from convlens.model import ConvNet, activations
@@ -38,7 +37,8 @@ from convlens.preprocessing import INPUT_SHAPE, normalize, to_mnist
 from convlens.receptive import explain_value
 from convlens.visuals import feature_map_grid, filter_grid
 from serving import bentoml_private, insights, model_card, monitoring
-from serving.errors import UnknownLayer, client_error, client_errors, error_response
+from serving.errors import UnknownLayer, client_error, client_errors
+from serving.feedback_intake import FeedbackIntake
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
@@ -115,7 +115,7 @@ class ConvLens:
         answers 503 with the reason instead of exiting (a restart would not help)."""
         limit_torch_threads(CONFIG.torch_threads)
         self.limits = CONFIG.image_limits
-        self._feedback: FeedbackStore | None = None  # opened on first use
+        self.feedback_intake = FeedbackIntake(CONFIG.feedback_url)
         try:
             model = open_model(CONFIG.model)
             self._warm_up(model)
@@ -316,18 +316,6 @@ class ConvLens:
         with client_errors():
             return ReceptiveField(**explain_value(self.net, digit, layer, channel, y, x))
 
-    def _feedback_store(self) -> FeedbackStore:
-        """The feedback database, opened on first use, and again after a failed open: one
-        that is down when the service starts is used as soon as it is back."""
-        if self._feedback is None:
-            try:
-                self._feedback = FeedbackStore(CONFIG.feedback_url)
-            except InvalidFeedback as error:  # a bad URL: the deployment's fault, not the client's
-                raise FeedbackUnavailable(
-                    f"the feedback database is misconfigured: {error}"
-                ) from None
-        return self._feedback
-
     @bentoml.api
     def feedback(
         self,
@@ -342,20 +330,9 @@ class ConvLens:
         Stored with the 28x28 digit the model saw, for training. The same image again is the
         same row (by sha256), whose label becomes the newest one. 503 if the feedback database
         is down or full: nothing is stored then, and nothing stored before is lost."""
-        digit = self._digit(image)
-        try:
-            sha256, created = self._feedback_store().add(
-                image.read_bytes(), digit, label, predicted, model_version
-            )
-        except FeedbackUnavailable as error:
-            logger.warning("feedback not stored: %s", error)
-            return error_response(error)
-        except InvalidFeedback as error:
-            raise client_error(error) from None
-        if created and predicted is not None and model_version:  # a re-sent image counts once
-            monitoring.record_feedback(model_version, agreed=predicted == label)
-        message = "saved" if created else f"saved before; its label is now {label}"
-        return FeedbackReceipt(sha256=sha256, created=created, label=label, message=message)
+        return self.feedback_intake.take(
+            image.read_bytes(), self._digit(image), label, predicted, model_version
+        )
 
     @bentoml.api
     def embedding(self) -> Embedding:

@@ -22,6 +22,7 @@ SERVING_MODULES = {
     "serving/__init__.py",
     "serving/bentoml_private.py",
     "serving/errors.py",
+    "serving/feedback_intake.py",
     "serving/loading.py",
     "serving/middleware.py",
     "serving/monitoring.py",
