@@ -8,6 +8,7 @@ BentoML upgrade, this is the module to check: the names below may move or change
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -41,6 +42,24 @@ def openapi_spec(service: Any) -> dict[str, Any]:
     document it gives describes errors the service never sends (`serving.openapi` corrects it).
     """
     return service.openapi_spec.asdict()
+
+
+def wrap_app(service: Any, wrapper: Callable[[Any], Any]) -> None:
+    """Have BentoML serve `wrapper(app)` for `service`, where `app` is the ASGI app it builds.
+
+    `Service.add_asgi_middleware` puts a middleware inside BentoML's own (metrics,
+    OpenTelemetry, timeout, concurrency limit), which every request then pays for first; the
+    worker builds its app with `Service.to_asgi` (undocumented), so that is where to reach
+    the outside of it. Other services in the process are served as they were.
+    """
+    kind = type(service)
+    build = kind.to_asgi
+
+    def to_asgi(self: Any, *args: Any, **kwargs: Any) -> Any:
+        app = build(self, *args, **kwargs)
+        return wrapper(app) if self is service else app
+
+    kind.to_asgi = to_asgi
 
 
 def api_routes(service: Any) -> list[str]:

@@ -43,7 +43,8 @@ class BodyTooLarge(Exception):
 
 
 class TooManyRequests(Exception):
-    """BentoML's concurrency limit (`traffic.max_concurrency`) refused the request."""
+    """The worker's concurrency limit (`serving.traffic.Admission`, or BentoML's
+    `traffic.max_concurrency` behind it) refused the request."""
 
 
 class Overloaded(Exception):
@@ -95,7 +96,9 @@ ERRORS: dict[type[BaseException], Answer] = {
         HTTPStatus.UNPROCESSABLE_ENTITY, "the image has no digit in it (blank, or no contrast)"
     ),
     TooManyRequests: Answer(
-        HTTPStatus.TOO_MANY_REQUESTS, "too many requests in flight: retry later"
+        HTTPStatus.TOO_MANY_REQUESTS,
+        "too many requests in flight (with Retry-After)",
+        ((b"retry-after", b"1"),),
     ),
     Exception: Answer(
         HTTPStatus.INTERNAL_SERVER_ERROR, "unexpected server error (a bug: see the server log)"

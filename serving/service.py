@@ -77,6 +77,7 @@ from serving.schemas import (
     TopPatches,
 )
 from serving.settings import CONFIG
+from serving.traffic import Admission, APIThreads
 from serving.ui_app import ui_app
 
 logger = logging.getLogger("convlens.serving")
@@ -84,6 +85,7 @@ logger = logging.getLogger("convlens.serving")
 # the header already, so the warning would only add noise to the log.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 bentoml_private.apply()
+api_threads = APIThreads(CONFIG.threads)
 
 
 @bentoml.asgi_app(ui_app, path="/ui")
@@ -186,6 +188,7 @@ class ConvLens:
     # endpoints
 
     @bentoml.api
+    @api_threads.off_loop
     def predict(self, image: Path) -> ImagePrediction:
         """Classify one uploaded digit (PNG, JPEG, BMP, GIF or WebP; any size; L, RGB, RGBA or P).
 
@@ -208,6 +211,7 @@ class ConvLens:
         max_batch_size=CONFIG.max_batch_size,
         max_latency_ms=CONFIG.max_latency_ms,
     )
+    @api_threads.off_loop
     def predict_batch(self, images: ImageArray) -> list[Prediction]:
         """Classify digits already in MNIST form: {"images": [...]} shaped (N, 28, 28) or
         (N, 1, 28, 28), integers 0-255 or floats 0-1. One prediction per image, in order.
@@ -222,6 +226,7 @@ class ConvLens:
         ]
 
     @bentoml.api
+    @api_threads.off_loop
     def feature_maps(self, image: Path, layer: str, format: Format = "png") -> FeatureMaps:
         """What a conv or pooling layer outputs for the uploaded digit: a PNG grid of all
         channels (predicted label in the X-Predicted-Label header), or the activations as JSON."""
@@ -240,6 +245,7 @@ class ConvLens:
         )
 
     @bentoml.api
+    @api_threads.off_loop
     def filters(self, layer: str, format: Format = "png") -> Filters:
         """The learned kernels of a conv layer: a PNG grid, or the weights as JSON."""
         self._check_layer(layer, self.net.conv_layer_names(), "conv")
@@ -249,11 +255,13 @@ class ConvLens:
         return Filters(layer=layer, shape=list(weights.shape), weights=weights.tolist())
 
     @bentoml.api
+    @api_threads.off_loop
     def preprocessed(self, image: Path) -> PNG:
         """The 28x28 grayscale PNG the model sees for the uploaded image."""
         return png_response(Image.fromarray(self._digit(image)))
 
     @bentoml.api
+    @api_threads.off_loop
     def building_blocks(self, image: Path, kernel: KernelName) -> BuildingBlocks:
         """The tutorial's conv block by hand on the uploaded digit: convolve with a classic
         kernel, ReLU, 2x2 max pooling; each stage as values and as a PNG data URL."""
@@ -273,6 +281,7 @@ class ConvLens:
         )
 
     @bentoml.api
+    @api_threads.off_loop
     def explain(
         self,
         image: Path,
@@ -304,6 +313,7 @@ class ConvLens:
         )
 
     @bentoml.api
+    @api_threads.off_loop
     def receptive_field(
         self, image: Path, layer: str, channel: Index, y: Index, x: Index
     ) -> ReceptiveField:
@@ -317,6 +327,7 @@ class ConvLens:
             return ReceptiveField(**explain_value(self.net, digit, layer, channel, y, x))
 
     @bentoml.api
+    @api_threads.off_loop
     def feedback(
         self,
         image: Path,
@@ -335,6 +346,7 @@ class ConvLens:
         )
 
     @bentoml.api
+    @api_threads.off_loop
     def embedding(self) -> Embedding:
         """The served model's map of 2,000 fixed MNIST test digits: t-SNE of its last hidden
         layer, computed once by `make package`; positions in [0, 1], with labels and test-set
@@ -343,6 +355,7 @@ class ConvLens:
             return insights.embedding(embedding_map_of(self.model))
 
     @bentoml.api
+    @api_threads.off_loop
     def embedding_sprite(self) -> PNG:
         """The map's digits in one PNG, `sprite_columns` to a row in the order of /embedding."""
         with client_errors():
@@ -350,6 +363,7 @@ class ConvLens:
         return png_response(sprite(emap.sample.images))
 
     @bentoml.api
+    @api_threads.off_loop
     def embed(self, image: Path, neighbours: Neighbours = 10) -> Placement:
         """Where the uploaded digit falls on the /embedding map, and its nearest map digits
         (in the last hidden layer) as 28x28 PNG data URLs, nearest first. t-SNE has no
@@ -361,6 +375,7 @@ class ConvLens:
         return insights.placement(self.net, emap, digit, label, neighbours)
 
     @bentoml.api
+    @api_threads.off_loop
     def top_patches(self, layer: str, channel: Channel) -> TopPatches:
         """The nine test-image patches (the channel's receptive field) that excite a conv
         channel most, strongest first, each also shown in its whole digit (PNG data URLs).
@@ -370,6 +385,7 @@ class ConvLens:
             return insights.top_patches(self.net, top_patches_of(self.model), layer, channel)
 
     @bentoml.api
+    @api_threads.off_loop
     def model_info(self) -> dict[str, Any]:
         """Which model is serving (registry name, version, run and its MLflow page, test
         accuracy), its layers with
@@ -385,3 +401,7 @@ ConvLens.add_asgi_middleware(
     openapi=openapi_json(ConvLens, MODEL_STATUS),
 )
 ConvLens.add_asgi_middleware(SpreadConnections, every=CONFIG.requests_per_connection)
+bentoml_private.wrap_app(
+    ConvLens,
+    lambda app: Admission(app, bentoml_private.api_routes(ConvLens), CONFIG.max_in_flight),
+)

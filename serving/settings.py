@@ -57,6 +57,11 @@ class ServingConfig:
         worker its share, threads x max_in_flight_per_thread, and answers 429 beyond it."""
         return self.workers * self.threads * self.max_in_flight_per_thread
 
+    @property
+    def max_in_flight(self) -> int:
+        """One worker's share of `max_concurrency`: what `serving.admission` admits."""
+        return self.threads * self.max_in_flight_per_thread
+
     @classmethod
     def load(cls, path: Path = CONFIG_FILE, env: Mapping[str, str] | None = None) -> ServingConfig:
         """`config.yaml`, with CONVLENS_MODEL and CONVLENS_WORKERS from the environment on top."""

@@ -186,7 +186,8 @@ def test_twice_the_capacity_gets_fast_refusals_and_health_keeps_answering(served
 
 
 def test_refusals_use_the_one_error_shape(served):
-    """A refusal is {"error": ...} like every other error (checked on real ones)."""
+    """A refusal is {"error": ...} like every other error, and says when to retry (checked on
+    real ones)."""
     capacity = httpx.post(f"{served}/model_info", timeout=30).json()["traffic"]["max_concurrency"]
 
     async def burst() -> list[httpx.Response]:
@@ -204,3 +205,4 @@ def test_refusals_use_the_one_error_shape(served):
         assert response.headers["content-type"].startswith("application/json")
         body = response.json()
         assert set(body) == {"error"} and isinstance(body["error"], str)
+        assert response.headers["retry-after"] == "1"

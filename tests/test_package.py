@@ -33,6 +33,7 @@ SERVING_MODULES = {
     "serving/schemas.py",
     "serving/service.py",
     "serving/settings.py",
+    "serving/traffic.py",
     "serving/ui_app.py",
     "convlens/__init__.py",
     "convlens/artifact.py",
