@@ -24,6 +24,11 @@ CONFIG_NAME = "train"
 POLICIES = ("always", "better", "never")  # registry.promote
 
 
+# `data.feedback_holdout` (conf/data/mnist.yaml) where a config lacks it: a run's recorded config
+# from before the key existed, or a data module built without Hydra.
+FEEDBACK_HOLDOUT_EVERY = 5
+
+
 class ConfigError(UserError):
     """An override or a config value that cannot be used; the message names it."""
 
@@ -37,7 +42,7 @@ class FeedbackGate:
     max_drop: float
     min_holdout: int
     store_url: str | None = None
-    every: int = 5
+    every: int = FEEDBACK_HOLDOUT_EVERY
 
     @classmethod
     def of(cls, registry: Mapping[str, Any]) -> FeedbackGate | None:
@@ -48,7 +53,7 @@ class FeedbackGate:
             float(registry["feedback_max_drop"]),
             int(registry["feedback_min_holdout"]),
             registry.get("feedback_url") or None,
-            int(registry.get("feedback_holdout", 5)),
+            int(registry.get("feedback_holdout", FEEDBACK_HOLDOUT_EVERY)),
         )
 
 

@@ -12,6 +12,7 @@ from torchvision.datasets import MNIST
 
 from convlens import UserError
 from convlens.augment import Augmentations
+from convlens.config import FEEDBACK_HOLDOUT_EVERY
 from convlens.preprocessing import normalize
 
 
@@ -94,7 +95,7 @@ class MNISTDataModule(LightningDataModule):
         augmentations: dict[str, float] | None = None,
         feedback: bool = False,
         feedback_url: str | None = None,
-        feedback_holdout: int = 5,
+        feedback_holdout: int = FEEDBACK_HOLDOUT_EVERY,
         feedback_repeat: int = 20,
     ):
         super().__init__()
