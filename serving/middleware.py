@@ -36,8 +36,8 @@ BENTOML_ANSWERS: dict[int, type[Exception]] = {
 
 
 class JSONErrors:
-    """ASGI middleware, inside BentoML's concurrency limit: the service's answers before and
-    around BentoML's.
+    """ASGI middleware, inside the concurrency limit (`serving.traffic.Admission`) and
+    BentoML's middleware: the service's answers before and around BentoML's.
 
     - Every error answer of an API route has the body {"error": "..."}, BentoML's included.
     - A request body over `max_body_bytes` is refused with 413 before it is read: at once from

@@ -53,8 +53,9 @@ class ServingConfig:
 
     @property
     def max_concurrency(self) -> int:
-        """Requests in flight (running or waiting) in the whole service; BentoML gives each
-        worker its share, threads x max_in_flight_per_thread, and answers 429 beyond it."""
+        """Requests in flight (running or waiting) in the whole service: BentoML's
+        `traffic.max_concurrency`. Each worker holds its share (`max_in_flight`), and
+        `serving.traffic.Admission` answers 429 beyond it before BentoML's limit would."""
         return self.workers * self.threads * self.max_in_flight_per_thread
 
     @property
