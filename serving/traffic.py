@@ -8,7 +8,8 @@ overload), for two reasons this module removes:
   two tasks, a timer, Prometheus writes and a JSONResponse, about 0.5 ms. `Admission` counts
   the same requests to the same per-worker limit outside all of that and refuses with one
   prebuilt answer. BentoML's limit stays configured (it is part of the service's documented
-  traffic settings) and never fires.
+  traffic settings); it never fires for an API request, and as before it may refuse the web
+  page's files while a worker is full.
 - A sync API runs through `anyio.to_thread` behind a limiter of `threads` tokens: the API
   thread is handed its next request only after the event loop has resumed the last one's
   task, released the token and woken the next waiter, two or three loop passes that the
