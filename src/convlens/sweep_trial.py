@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from convlens import interrupts
 from convlens.config import ConfigError, compose
 from convlens.store import SWEEP_ID
 from convlens.sweep import OVERRIDES_ATTR, RUN_ATTR, claim, train_command
@@ -79,6 +80,8 @@ def objective(p: Plan, parent_run_id: str, trial: optuna.Trial) -> float:
     from convlens import sweep_record
     from convlens.training import train
 
+    interrupts.install()
+    interrupts.raise_pending()  # a Ctrl-C swallowed between trials ends the sweep here
     claim(trial, p.n_trials)
     values = {dim.name: suggest(trial, dim) for dim in p.space}
     overrides = [*p.fixed, *trial_overrides(p.space, values)]

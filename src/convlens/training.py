@@ -15,6 +15,7 @@ from pytorch_lightning import Callback, LightningDataModule, Trainer, seed_every
 from convlens import top_patches
 from convlens.embedding import Sample
 from convlens.evaluation import EVALUATION_DIR
+from convlens.interrupts import NoLostInterrupt
 from convlens.module import Classifier, net_from_checkpoint
 from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
 from convlens.tracking import (
@@ -54,6 +55,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
             loggers.append(instantiate(logger_cfg))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks.extend(extra_callbacks)  # e.g. the sweep's report to its Optuna trial
+    callbacks.append(NoLostInterrupt())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 

@@ -1,0 +1,69 @@
+"""Ctrl-C always stops training, even when Python swallows its KeyboardInterrupt.
+
+Python raises the KeyboardInterrupt of a SIGINT wherever the main thread happens to be. Inside
+a finalizer (a `__del__`, or one of SQLAlchemy's weakref callbacks run by the garbage
+collector) the exception is only printed, as "Exception ignored in ...", and training goes on
+as if nothing had been pressed: a sweep's Ctrl-C test caught it hanging (CI at 6dd4782).
+
+`install` makes SIGINT raise as Python does and also remembers it, for the life of the
+process; `raise_pending` raises a remembered one again. Training calls it after every batch
+(`NoLostInterrupt`), where Lightning's own interrupt handling takes over, and a sweep before
+each trial. The swallowed one is not printed either: the user pressed Ctrl-C, and a
+traceback would say something had gone wrong.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+from pytorch_lightning import Callback
+
+_pending = threading.Event()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _pending.set()
+    raise KeyboardInterrupt
+
+
+class _QuietInterrupts:
+    """`sys.unraisablehook`: a remembered Ctrl-C is raised again later, not printed now."""
+
+    def __init__(self, previous: Any):
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not (_pending.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self.previous(unraisable)
+
+
+def install() -> None:
+    """SIGINT remembered in this process from now on (from the main thread; again is a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is not _interrupt:
+        signal.signal(signal.SIGINT, _interrupt)
+    if not isinstance(sys.unraisablehook, _QuietInterrupts):
+        sys.unraisablehook = _QuietInterrupts(sys.unraisablehook)
+
+
+def raise_pending() -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C that was swallowed; nothing if there was none."""
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
+
+
+class NoLostInterrupt(Callback):
+    """Every trainer gets one (`convlens.training.build_trainer`); nothing to configure."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        install()
+
+    def _raise_pending(self, *args: Any) -> None:
+        raise_pending()
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = _raise_pending

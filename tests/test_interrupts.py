@@ -1,0 +1,105 @@
+"""Ctrl-C stops training even when Python swallows its KeyboardInterrupt in a finalizer
+(`convlens.interrupts`). A real SIGINT to this process, delivered while a `__del__` runs, as the
+garbage collector runs SQLAlchemy's weakref callbacks in a sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+
+import pytest
+from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.demos.boring_classes import BoringModel
+
+from convlens.interrupts import NoLostInterrupt, install, raise_pending
+
+STEPS = 40
+CTRL_C_AT = 5
+
+
+class SwallowsCtrlC:
+    """Ctrl-C arrives while this object is finalized: its KeyboardInterrupt is printed as
+    "Exception ignored" and goes no further."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, inside __del__
+
+
+class CtrlCInAFinalizer(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == CTRL_C_AT:
+            SwallowsCtrlC()  # made and finalized at once
+
+
+def fit(*callbacks: Callback) -> Trainer:
+    trainer = Trainer(
+        max_steps=STEPS,
+        callbacks=[CtrlCInAFinalizer(), *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(BoringModel())
+    return trainer
+
+
+@pytest.fixture(autouse=True)
+def own_sigint():
+    """Each test starts with Python's own SIGINT handling, and leaves this process as it was
+    (Lightning ignores SIGINT after it handles one), nothing remembered."""
+    handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = hook
+    with contextlib.suppress(KeyboardInterrupt):
+        raise_pending()
+
+
+@pytest.fixture
+def printed(monkeypatch) -> list[type]:
+    """What Python reports as "Exception ignored in ..." (`sys.unraisablehook`), by type."""
+    seen: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(type(u.exc_value)))
+    return seen
+
+
+def test_without_the_guard_a_ctrl_c_in_a_finalizer_is_lost(printed):
+    trainer = fit()
+    assert trainer.global_step == STEPS  # trained to the end: the Ctrl-C did nothing
+    assert printed == [KeyboardInterrupt]
+
+
+def test_a_ctrl_c_in_a_finalizer_still_stops_training_and_prints_no_traceback(printed):
+    with pytest.raises(SystemExit) as stopped:  # Lightning's answer to a KeyboardInterrupt
+        fit(NoLostInterrupt())
+    assert stopped.value.code == 1
+    assert printed == []
+    raise_pending()  # it was raised, and is not raised again
+
+
+def test_after_install_ctrl_c_raises_as_python_does_and_a_swallowed_one_once_more():
+    install()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    with pytest.raises(KeyboardInterrupt):
+        raise_pending()
+    raise_pending()  # once only
+
+
+def test_every_trainer_the_training_builds_has_the_guard():
+    from omegaconf import OmegaConf
+
+    from convlens.training import build_trainer
+
+    trainer_cfg = {"_target_": "pytorch_lightning.Trainer", "max_steps": 1, "logger": False}
+    cfg = OmegaConf.create({"trainer": trainer_cfg, "callbacks": {}, "logger": {}})
+    trainer = build_trainer(cfg)
+    assert sum(isinstance(c, NoLostInterrupt) for c in trainer.callbacks) == 1
