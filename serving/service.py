@@ -3,9 +3,10 @@
     bentoml serve serving.service:ConvLens        (or `make serve`)
 
 This module is the service class and nothing else; its parts live beside it: settings
-(`serving.settings`, from config.yaml), the model and its checks (`serving.loading`), request
-and answer shapes (`serving.schemas`, `serving.rendering`), the error table
-(`serving.errors`), the ASGI middlewares (`serving.middleware`), the OpenAPI document
+(`serving.settings`, from config.yaml), the model and its checks (`serving.loading`), running
+it on an upload (`serving.inference`), request and answer shapes (`serving.schemas`,
+`serving.rendering`), the error table (`serving.errors`), how requests flow through a worker
+(`serving.traffic`), the ASGI middlewares (`serving.middleware`), the OpenAPI document
 (`serving.openapi`) and the workarounds that touch BentoML's internals
 (`serving.bentoml_private`, applied below before the service is defined).
 
@@ -30,15 +31,14 @@ from PIL import Image
 from convlens.artifact import MODEL_ENV
 from convlens.attribution import attribute
 from convlens.embedding import sprite
-from convlens.images import read_image
 from convlens.kernels import KERNELS, convolve2d, max_pool, relu
 from convlens.model import ConvNet, activations
-from convlens.preprocessing import INPUT_SHAPE, normalize, to_mnist
 from convlens.receptive import explain_value
 from convlens.visuals import feature_map_grid, filter_grid
 from serving import bentoml_private, insights, model_card, monitoring
-from serving.errors import UnknownLayer, client_error, client_errors
+from serving.errors import client_error, client_errors
 from serving.feedback_intake import FeedbackIntake
+from serving.inference import check_layer, class_probabilities, model_input, upload_digit, warm_up
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
@@ -120,7 +120,7 @@ class ConvLens:
         self.feedback_intake = FeedbackIntake(CONFIG.feedback_url)
         try:
             model = open_model(CONFIG.model)
-            self._warm_up(model)
+            warm_up(model)
         except ModelUnavailable as error:
             MODEL_STATUS.failed(str(error))
             logger.error("%s; /readyz and the API answer 503 until fixed", MODEL_STATUS.error)
@@ -131,17 +131,6 @@ class ConvLens:
         # collector's sight, a full collection no longer stalls every request for ~130 ms.
         gc.collect()
         gc.freeze()
-
-    @classmethod
-    def _warm_up(cls, model: LoadedModel) -> None:
-        """One forward pass before the first request; a model that fails it is unusable."""
-        try:
-            cls._forward_with(model.net, torch.zeros(1, *INPUT_SHAPE))
-        except Exception as error:
-            logger.exception("%s fails on a blank input", model.tag)
-            raise ModelUnavailable(
-                f"{model.tag} fails on a blank input ({type(error).__name__}): see the log"
-            ) from None
 
     def __is_ready__(self) -> bool:
         """BentoML's readiness hook (`/readyz`); `JSONErrors` answers with the reason first."""
@@ -160,28 +149,6 @@ class ConvLens:
     def net(self) -> ConvNet:
         return self.model.net
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for uint8 or [0, 1] float images, (N, 28, 28) or (N, 1, 28, 28)."""
-        return self._forward_with(self.net, images)
-
-    @staticmethod
-    @torch.inference_mode()
-    def _forward_with(net: ConvNet, images: torch.Tensor) -> torch.Tensor:
-        x = normalize(images).contiguous(memory_format=torch.channels_last)
-        return torch.softmax(net(x), dim=1)
-
-    def _digit(self, image: Path) -> np.ndarray:
-        """The upload as the 28x28 uint8 digit the model sees (`to_mnist` does the work)."""
-        with client_errors():
-            return to_mnist(read_image(image, self.limits))
-
-    def _check_layer(self, layer: str, allowed: list[str], what: str) -> None:
-        if layer not in allowed:
-            choices = ", ".join(allowed)
-            raise client_error(
-                UnknownLayer(f"unknown {what} layer {layer!r}: choose one of {choices}")
-            )
-
     def _ref(self) -> ModelRef:
         return ModelRef(name=self.model.name, version=self.model.version)
 
@@ -195,8 +162,8 @@ class ConvLens:
         Light or dark background, centred or not: it is made to look like MNIST first.
         """
         with monitoring.counting_no_digit():
-            seen = self._digit(image)
-        probabilities = self._forward(torch.from_numpy(seen)[None])
+            seen = upload_digit(image, self.limits)
+        probabilities = class_probabilities(self.net, torch.from_numpy(seen)[None])
         monitoring.record_inputs(seen[None])
         monitoring.record_prediction(probabilities, self.model.version, "predict")
         probabilities = probabilities[0]
@@ -218,7 +185,7 @@ class ConvLens:
 
         Concurrent requests are batched into one forward pass (adaptive batching).
         """
-        probabilities = self._forward(torch.from_numpy(images))
+        probabilities = class_probabilities(self.net, torch.from_numpy(images))
         monitoring.record_inputs(images)
         monitoring.record_prediction(probabilities, self.model.version, "predict_batch")
         return [
@@ -230,12 +197,11 @@ class ConvLens:
     def feature_maps(self, image: Path, layer: str, format: Format = "png") -> FeatureMaps:
         """What a conv or pooling layer outputs for the uploaded digit: a PNG grid of all
         channels (predicted label in the X-Predicted-Label header), or the activations as JSON."""
-        self._check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
-        x = torch.from_numpy(self._digit(image))[None]
+        check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
+        x = torch.from_numpy(upload_digit(image, self.limits))[None]
         last = self.net.layer_names[-1]
         with torch.inference_mode():
-            x = normalize(x).contiguous(memory_format=torch.channels_last)
-            outputs = activations(self.net, x, [layer, last])
+            outputs = activations(self.net, model_input(x), [layer, last])
         maps = outputs[layer][0].contiguous().numpy()
         label = int(outputs[last][0].argmax())
         if format == "png":
@@ -248,7 +214,7 @@ class ConvLens:
     @api_threads.off_loop
     def filters(self, layer: str, format: Format = "png") -> Filters:
         """The learned kernels of a conv layer: a PNG grid, or the weights as JSON."""
-        self._check_layer(layer, self.net.conv_layer_names(), "conv")
+        check_layer(layer, self.net.conv_layer_names(), "conv")
         weights = getattr(self.net, layer).weight.detach().contiguous().numpy()
         if format == "png":
             return png_response(filter_grid(weights))
@@ -258,14 +224,14 @@ class ConvLens:
     @api_threads.off_loop
     def preprocessed(self, image: Path) -> PNG:
         """The 28x28 grayscale PNG the model sees for the uploaded image."""
-        return png_response(Image.fromarray(self._digit(image)))
+        return png_response(Image.fromarray(upload_digit(image, self.limits)))
 
     @bentoml.api
     @api_threads.off_loop
     def building_blocks(self, image: Path, kernel: KernelName) -> BuildingBlocks:
         """The tutorial's conv block by hand on the uploaded digit: convolve with a classic
         kernel, ReLU, 2x2 max pooling; each stage as values and as a PNG data URL."""
-        digit = self._digit(image).astype(np.float32) / 255
+        digit = upload_digit(image, self.limits).astype(np.float32) / 255
         weights = KERNELS[kernel]
         convolved = convolve2d(digit, weights)
         rectified = relu(convolved)
@@ -293,8 +259,8 @@ class ConvLens:
         digit: Integrated Gradients, Saliency, Grad-CAM (last conv layer, upsampled to 28x28)
         or Occlusion, by Captum. A PNG over the digit (red: evidence for the class, blue:
         against; label in X-Predicted-Label, class in X-Explained-Class), or the values."""
-        digit = self._digit(image)
-        probabilities = self._forward(torch.from_numpy(digit)[None])[0]
+        digit = upload_digit(image, self.limits)
+        probabilities = class_probabilities(self.net, torch.from_numpy(digit)[None])[0]
         label = int(probabilities.argmax())
         target = label if target is None else target
         values = attribute(self.net, torch.from_numpy(digit), target, method).numpy()
@@ -321,8 +287,8 @@ class ConvLens:
         the input pixels it sees (its receptive field) and its arithmetic with the model's own
         weights: a conv layer's patch, kernel, bias, sum and ReLU (for many input channels,
         the largest contributions); a pooling layer's window and its maximum."""
-        self._check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
-        digit = torch.from_numpy(self._digit(image))
+        check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
+        digit = torch.from_numpy(upload_digit(image, self.limits))
         with client_errors():
             return ReceptiveField(**explain_value(self.net, digit, layer, channel, y, x))
 
@@ -342,7 +308,7 @@ class ConvLens:
         same row (by sha256), whose label becomes the newest one. 503 if the feedback database
         is down or full: nothing is stored then, and nothing stored before is lost."""
         return self.feedback_intake.take(
-            image.read_bytes(), self._digit(image), label, predicted, model_version
+            image.read_bytes(), upload_digit(image, self.limits), label, predicted, model_version
         )
 
     @bentoml.api
@@ -370,8 +336,8 @@ class ConvLens:
         transform: the position is the distance-weighted mean of the neighbours' positions."""
         with client_errors():
             emap = embedding_map_of(self.model)
-        digit = torch.from_numpy(self._digit(image))[None]
-        label = int(self._forward(digit)[0].argmax())
+        digit = torch.from_numpy(upload_digit(image, self.limits))[None]
+        label = int(class_probabilities(self.net, digit)[0].argmax())
         return insights.placement(self.net, emap, digit, label, neighbours)
 
     @bentoml.api
@@ -380,7 +346,7 @@ class ConvLens:
         """The nine test-image patches (the channel's receptive field) that excite a conv
         channel most, strongest first, each also shown in its whole digit (PNG data URLs).
         404 for a model packaged before top patches existed."""
-        self._check_layer(layer, self.net.conv_layer_names(), "conv")
+        check_layer(layer, self.net.conv_layer_names(), "conv")
         with client_errors():
             return insights.top_patches(self.net, top_patches_of(self.model), layer, channel)
 

@@ -173,6 +173,7 @@ LOAD_WITHOUT_PICKLE = """
 import pickle, sys
 import cloudpickle, numpy, torch
 import serving.service as service
+from serving.inference import class_probabilities
 
 def refuse(*args, **kwargs):
     raise AssertionError("something unpickled while loading the model")
@@ -182,7 +183,7 @@ for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
                      (numpy, "load")]:
     setattr(module, name, refuse)
 model = service.open_model(sys.argv[1])
-probabilities = service.ConvLens.inner._forward_with(model.net, torch.zeros(2, 1, 28, 28))
+probabilities = class_probabilities(model.net, torch.zeros(2, 1, 28, 28))
 print("loaded", model.tag, tuple(probabilities.shape))
 """
 

@@ -23,6 +23,7 @@ SERVING_MODULES = {
     "serving/bentoml_private.py",
     "serving/errors.py",
     "serving/feedback_intake.py",
+    "serving/inference.py",
     "serving/loading.py",
     "serving/middleware.py",
     "serving/monitoring.py",
