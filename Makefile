@@ -83,8 +83,11 @@ feedback: install ## users' feedback (POST /feedback): rows per label; ARGS="--e
 containerize: install ## Docker image convlens:latest of the champion's Bento (needs Docker)
 	$(RUN) python -m pipelines.package --containerize convlens:latest $(ARGS)
 
+# Two pytest workers (pytest-xdist; a test file stays on one worker): much of a test's time is
+# a training subprocess or a server starting, which leaves a core idle in a one-worker run.
+TEST_WORKERS ?= 2
 test: install ## run the test suite (needs CONVLENS_DATA_DIR pointing at the MNIST folder)
-	$(RUN) pytest --durations=40
+	$(RUN) pytest -n $(TEST_WORKERS) --durations=40
 
 .PHONY: audit
 AUDIT_UNREACHABLE ?= fail

@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "convlens-mnist"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers), each worker and every process it
+    starts get their share of the cores. Torch's default, one thread per core, taken by every
+    worker at once, leaves threads spinning for a core they do not get."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     root = mnist_dir()
