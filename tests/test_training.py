@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import mlflow
@@ -19,8 +20,17 @@ from tests.conftest import MODEL_NAME
 STEP = re.compile(r"^(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+.*(?<!compressed)\.png$")
 
 
+@pytest.fixture(autouse=True)
+def logged_code_stays_off_the_path(monkeypatch):
+    """Loading the logged model puts its `code_paths` copy of convlens first on sys.path, for
+    the rest of the process (MLflow's doing). Processes that later tests spawn inherit sys.path,
+    and would import that copy, which finds no `conf/` beside it. Each test here gives it back."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 @pytest.fixture(scope="module")
 def client(trained) -> MlflowClient:
+    """The trained store's client; also makes it MLflow's store, for `models:/` URIs."""
     mlflow.set_tracking_uri(trained.tracking_uri)
     return MlflowClient(trained.tracking_uri)
 
@@ -189,13 +199,13 @@ def test_model_summary_matches_the_tutorial(client, trained, tmp_path):
     assert "Total params: 225,034" in Path(path).read_text()
 
 
-def test_pytorch_flavor_loads_the_eager_module_with_named_layers():
+def test_pytorch_flavor_loads_the_eager_module_with_named_layers(client):
     net = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@champion")
     assert isinstance(net, ConvNet)
     assert net.layer_names[:4] == ["conv1", "pool1", "conv2", "pool2"]
 
 
-def test_pyfunc_predicts_the_same_labels_as_the_in_memory_model(test_batch):
+def test_pyfunc_predicts_the_same_labels_as_the_in_memory_model(client, test_batch):
     images, _ = test_batch
     eager = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@champion").eval()
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
