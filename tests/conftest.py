@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from filelock import FileLock
 
 from tests.harness import mnist_dir
 
@@ -99,6 +104,36 @@ def spawn_train(workdir: Path, *overrides: str, env: dict | None = None) -> subp
     )
 
 
+Built = TypeVar("Built")
+
+
+def once_per_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    kind: type[Built],
+    build: Callable[[Path], Built],
+) -> Built:
+    """`build(folder)` once per test run, however many pytest-xdist workers ask for it.
+
+    The first worker builds it in a folder all workers share, under a lock; the others wait,
+    then read what it returned (a dataclass of strings and paths, kept as JSON beside it).
+    Without xdist it is an ordinary session fixture's body."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent
+    record = shared / f"{name}.json"
+    paths = {f.name for f in dataclasses.fields(kind) if f.type in ("Path", Path)}
+    with FileLock(shared / f"{name}.lock"):
+        if not record.exists():
+            folder = shared / name
+            folder.mkdir()
+            built = build(folder)
+            fields = {k: str(v) for k, v in dataclasses.asdict(built).items()}
+            record.write_text(json.dumps(fields))
+    fields = json.loads(record.read_text())
+    return kind(**{k: Path(v) if k in paths else v for k, v in fields.items()})
+
+
 @dataclass(frozen=True)
 class TrainedStore:
     workdir: Path
@@ -109,12 +144,15 @@ class TrainedStore:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, mnist_root) -> TrainedStore:
-    """One short real training run into a temp sqlite store, registered as champion."""
+    """One short real training run into a temp sqlite store, registered as champion; one for
+    the whole run, which every worker reads."""
     from mlflow import MlflowClient
 
-    workdir = tmp_path_factory.mktemp("trained")
-    result = run_train(workdir, "experiment=smoke")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    uri = f"sqlite:///{workdir}/mlflow.db"
-    version = MlflowClient(uri).get_model_version_by_alias(MODEL_NAME, "champion")
-    return TrainedStore(workdir, uri, version.run_id, version.version)
+    def train(workdir: Path) -> TrainedStore:
+        result = run_train(workdir, "experiment=smoke")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        uri = f"sqlite:///{workdir}/mlflow.db"
+        version = MlflowClient(uri).get_model_version_by_alias(MODEL_NAME, "champion")
+        return TrainedStore(workdir, uri, version.run_id, version.version)
+
+    return once_per_run(tmp_path_factory, "trained", TrainedStore, train)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from convlens.feedback import FEEDBACK_URL_ENV
-from tests.conftest import MODEL_NAME, REPO, TrainedStore
+from tests.conftest import MODEL_NAME, REPO, TrainedStore, once_per_run
 from tests.harness import ServerError, ServerProcess, free_port
 
 BENTO_NAME = "convlens"
@@ -118,16 +118,20 @@ def latest(home: Path, kind: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def packaged(trained: TrainedStore, tmp_path_factory) -> Packaged:
-    """The champion imported into a fresh BentoML home and built into a Bento, once."""
-    home = tmp_path_factory.mktemp("bentoml")
-    result = run_package(trained, home)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return Packaged(
-        bentoml_home=home,
-        model_tag=latest(home, "models", MODEL_NAME),
-        bento_tag=latest(home, "bentos", BENTO_NAME),
-        output=result.stdout,
-    )
+    """The champion imported into a fresh BentoML home and built into a Bento, once per run
+    (every worker's servers use it through a home of their own, `own_home`)."""
+
+    def package(home: Path) -> Packaged:
+        result = run_package(trained, home)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return Packaged(
+            bentoml_home=home,
+            model_tag=latest(home, "models", MODEL_NAME),
+            bento_tag=latest(home, "bentos", BENTO_NAME),
+            output=result.stdout,
+        )
+
+    return once_per_run(tmp_path_factory, "bentoml", Packaged, package)
 
 
 def fail_on(error: ServerError) -> None:
