@@ -116,7 +116,7 @@ def once_per_run(
     """`build(folder)` once per test run, however many pytest-xdist workers ask for it.
 
     The first worker builds it in a folder all workers share, under a lock; the others wait,
-    then read what it returned (a dataclass of strings and paths, kept as JSON beside it).
+    then read what it returned (a dataclass of paths and JSON values, kept as JSON beside it).
     Without xdist it is an ordinary session fixture's body."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return build(tmp_path_factory.mktemp(name))
@@ -128,7 +128,10 @@ def once_per_run(
             folder = shared / name
             folder.mkdir()
             built = build(folder)
-            fields = {k: str(v) for k, v in dataclasses.asdict(built).items()}
+            fields = {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(built).items()
+            }
             record.write_text(json.dumps(fields))
     fields = json.loads(record.read_text())
     return kind(**{k: Path(v) if k in paths else v for k, v in fields.items()})
