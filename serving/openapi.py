@@ -27,6 +27,12 @@ IMAGE_TYPES = ", ".join(f"image/{name.lower()}" for name in FORMATS)
 ERROR_REFERENCE = "#/components/schemas/Error"
 # The endpoints that show what a model may have been packaged without (`MissingInsight`, 404).
 INSIGHT_PATHS = ("/embedding", "/embedding_sprite", "/embed", "/top_patches")
+SERVICE_DESCRIPTION = (
+    "Classify handwritten digits with the registered champion CNN, and see its filters "
+    'and feature maps. Errors: the JSON body {"error": "..."} with 400 bad input, 413 over '
+    "a size limit, 415 unsupported format, 422 no digit in the image, 429 too many "
+    "requests in flight, 503 no usable model or overloaded. The web page is at /ui/."
+)
 
 
 def _tighten_predictions(node: Any) -> None:

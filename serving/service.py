@@ -24,34 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import numpy as np
 import torch
 from PIL import Image
 
 from convlens.artifact import MODEL_ENV
-from convlens.attribution import attribute
-from convlens.embedding import sprite
-from convlens.kernels import KERNELS, convolve2d, max_pool, relu
-from convlens.model import ConvNet, activations
-from convlens.receptive import explain_value
-from convlens.visuals import feature_map_grid, filter_grid
+from convlens.model import ConvNet
 from serving import bentoml_private, insights, model_card, monitoring
-from serving.errors import client_error, client_errors
+from serving.errors import client_error
 from serving.feedback_intake import FeedbackIntake
-from serving.inference import check_layer, class_probabilities, model_input, upload_digit, warm_up
+from serving.inference import check_layer, class_probabilities, upload_digit, warm_up
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
     ModelUnavailable,
     declared_model,
-    embedding_map_of,
     limit_torch_threads,
     open_model,
-    top_patches_of,
 )
 from serving.middleware import JSONErrors, SpreadConnections
-from serving.openapi import openapi_json
-from serving.rendering import attribution_overlay, png_response, step
+from serving.openapi import SERVICE_DESCRIPTION, openapi_json
+from serving.rendering import png_response
 from serving.schemas import (
     PNG,
     BuildingBlocks,
@@ -91,12 +83,7 @@ api_threads = APIThreads(CONFIG.threads)
 @bentoml.asgi_app(ui_app, path="/ui")
 @bentoml.service(
     name="convlens",
-    description=(
-        "Classify handwritten digits with the registered champion CNN, and see its filters "
-        'and feature maps. Errors: the JSON body {"error": "..."} with 400 bad input, 413 over '
-        "a size limit, 415 unsupported format, 422 no digit in the image, 429 too many "
-        "requests in flight, 503 no usable model or overloaded. The web page is at /ui/."
-    ),
+    description=SERVICE_DESCRIPTION,
     workers=CONFIG.workers,
     threads=CONFIG.threads,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
@@ -136,8 +123,6 @@ class ConvLens:
         """BentoML's readiness hook (`/readyz`); `JSONErrors` answers with the reason first."""
         return MODEL_STATUS.model is not None
 
-    # helpers
-
     @property
     def model(self) -> LoadedModel:
         model = MODEL_STATUS.model
@@ -148,11 +133,6 @@ class ConvLens:
     @property
     def net(self) -> ConvNet:
         return self.model.net
-
-    def _ref(self) -> ModelRef:
-        return ModelRef(name=self.model.name, version=self.model.version)
-
-    # endpoints
 
     @bentoml.api
     @api_threads.off_loop
@@ -166,12 +146,9 @@ class ConvLens:
         probabilities = class_probabilities(self.net, torch.from_numpy(seen)[None])
         monitoring.record_inputs(seen[None])
         monitoring.record_prediction(probabilities, self.model.version, "predict")
-        probabilities = probabilities[0]
-        return ImagePrediction(
-            label=int(probabilities.argmax()),
-            probabilities=probabilities.tolist(),
-            model=self._ref(),
-        )
+        row = probabilities[0]
+        ref = ModelRef(name=self.model.name, version=self.model.version)
+        return ImagePrediction(label=int(row.argmax()), probabilities=row.tolist(), model=ref)
 
     @bentoml.api(
         batchable=True,
@@ -198,27 +175,14 @@ class ConvLens:
         """What a conv or pooling layer outputs for the uploaded digit: a PNG grid of all
         channels (predicted label in the X-Predicted-Label header), or the activations as JSON."""
         check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
-        x = torch.from_numpy(upload_digit(image, self.limits))[None]
-        last = self.net.layer_names[-1]
-        with torch.inference_mode():
-            outputs = activations(self.net, model_input(x), [layer, last])
-        maps = outputs[layer][0].contiguous().numpy()
-        label = int(outputs[last][0].argmax())
-        if format == "png":
-            return png_response(feature_map_grid(maps), {"X-Predicted-Label": str(label)})
-        return FeatureMaps(
-            layer=layer, shape=list(maps.shape), label=label, activations=maps.tolist()
-        )
+        return insights.feature_maps(self.net, upload_digit(image, self.limits), layer, format)
 
     @bentoml.api
     @api_threads.off_loop
     def filters(self, layer: str, format: Format = "png") -> Filters:
         """The learned kernels of a conv layer: a PNG grid, or the weights as JSON."""
         check_layer(layer, self.net.conv_layer_names(), "conv")
-        weights = getattr(self.net, layer).weight.detach().contiguous().numpy()
-        if format == "png":
-            return png_response(filter_grid(weights))
-        return Filters(layer=layer, shape=list(weights.shape), weights=weights.tolist())
+        return insights.filters(self.net, layer, format)
 
     @bentoml.api
     @api_threads.off_loop
@@ -231,20 +195,7 @@ class ConvLens:
     def building_blocks(self, image: Path, kernel: KernelName) -> BuildingBlocks:
         """The tutorial's conv block by hand on the uploaded digit: convolve with a classic
         kernel, ReLU, 2x2 max pooling; each stage as values and as a PNG data URL."""
-        digit = upload_digit(image, self.limits).astype(np.float32) / 255
-        weights = KERNELS[kernel]
-        convolved = convolve2d(digit, weights)
-        rectified = relu(convolved)
-        return BuildingBlocks(
-            kernel=kernel,
-            weights=weights.tolist(),
-            steps={
-                "input": step(digit),
-                "conv": step(convolved),
-                "relu": step(rectified),
-                "pool": step(max_pool(rectified)),
-            },
-        )
+        return insights.building_blocks(upload_digit(image, self.limits), kernel)
 
     @bentoml.api
     @api_threads.off_loop
@@ -260,23 +211,7 @@ class ConvLens:
         or Occlusion, by Captum. A PNG over the digit (red: evidence for the class, blue:
         against; label in X-Predicted-Label, class in X-Explained-Class), or the values."""
         digit = upload_digit(image, self.limits)
-        probabilities = class_probabilities(self.net, torch.from_numpy(digit)[None])[0]
-        label = int(probabilities.argmax())
-        target = label if target is None else target
-        values = attribute(self.net, torch.from_numpy(digit), target, method).numpy()
-        if format == "png":
-            headers = {"X-Predicted-Label": str(label), "X-Explained-Class": str(target)}
-            return png_response(attribution_overlay(digit, values), headers)
-        return Explanation(
-            method=method,
-            target=target,
-            label=label,
-            probabilities=probabilities.tolist(),
-            shape=list(values.shape),
-            min=float(values.min()),
-            max=float(values.max()),
-            attributions=values.tolist(),
-        )
+        return insights.explanation(self.net, digit, method, target, format)
 
     @bentoml.api
     @api_threads.off_loop
@@ -288,9 +223,8 @@ class ConvLens:
         weights: a conv layer's patch, kernel, bias, sum and ReLU (for many input channels,
         the largest contributions); a pooling layer's window and its maximum."""
         check_layer(layer, self.net.spatial_layer_names(), "conv or pooling")
-        digit = torch.from_numpy(upload_digit(image, self.limits))
-        with client_errors():
-            return ReceptiveField(**explain_value(self.net, digit, layer, channel, y, x))
+        digit = upload_digit(image, self.limits)
+        return insights.receptive_field_of(self.net, digit, layer, channel, y, x)
 
     @bentoml.api
     @api_threads.off_loop
@@ -307,9 +241,8 @@ class ConvLens:
         Stored with the 28x28 digit the model saw, for training. The same image again is the
         same row (by sha256), whose label becomes the newest one. 503 if the feedback database
         is down or full: nothing is stored then, and nothing stored before is lost."""
-        return self.feedback_intake.take(
-            image.read_bytes(), upload_digit(image, self.limits), label, predicted, model_version
-        )
+        digit = upload_digit(image, self.limits)
+        return self.feedback_intake.take(image.read_bytes(), digit, label, predicted, model_version)
 
     @bentoml.api
     @api_threads.off_loop
@@ -317,16 +250,13 @@ class ConvLens:
         """The served model's map of 2,000 fixed MNIST test digits: t-SNE of its last hidden
         layer, computed once by `make package`; positions in [0, 1], with labels and test-set
         indices. 404 for a model packaged before maps existed."""
-        with client_errors():
-            return insights.embedding(embedding_map_of(self.model))
+        return insights.embedding(insights.embedding_map(self.model))
 
     @bentoml.api
     @api_threads.off_loop
     def embedding_sprite(self) -> PNG:
         """The map's digits in one PNG, `sprite_columns` to a row in the order of /embedding."""
-        with client_errors():
-            emap = embedding_map_of(self.model)
-        return png_response(sprite(emap.sample.images))
+        return insights.embedding_sprite(insights.embedding_map(self.model))
 
     @bentoml.api
     @api_threads.off_loop
@@ -334,11 +264,8 @@ class ConvLens:
         """Where the uploaded digit falls on the /embedding map, and its nearest map digits
         (in the last hidden layer) as 28x28 PNG data URLs, nearest first. t-SNE has no
         transform: the position is the distance-weighted mean of the neighbours' positions."""
-        with client_errors():
-            emap = embedding_map_of(self.model)
-        digit = torch.from_numpy(upload_digit(image, self.limits))[None]
-        label = int(class_probabilities(self.net, digit)[0].argmax())
-        return insights.placement(self.net, emap, digit, label, neighbours)
+        emap = insights.embedding_map(self.model)
+        return insights.placement(self.net, emap, upload_digit(image, self.limits), neighbours)
 
     @bentoml.api
     @api_threads.off_loop
@@ -347,15 +274,14 @@ class ConvLens:
         channel most, strongest first, each also shown in its whole digit (PNG data URLs).
         404 for a model packaged before top patches existed."""
         check_layer(layer, self.net.conv_layer_names(), "conv")
-        with client_errors():
-            return insights.top_patches(self.net, top_patches_of(self.model), layer, channel)
+        return insights.top_patches(self.model, layer, channel)
 
     @bentoml.api
     @api_threads.off_loop
     def model_info(self) -> dict[str, Any]:
         """Which model is serving (registry name, version, run and its MLflow page, test
-        accuracy), its layers with
-        output shapes and parameter counts, and what the endpoints accept."""
+        accuracy), its layers with output shapes and parameter counts, and what the endpoints
+        accept."""
         return model_card.model_info(self.model, self.limits)
 
 
