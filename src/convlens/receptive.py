@@ -133,7 +133,7 @@ def _conv_arithmetic(
     kernel = conv.weight[channel].detach().double()
     patch = window.double()
     per_channel = (kernel * patch).sum(dim=(1, 2))
-    bias = float(conv.bias[channel]) if conv.bias is not None else 0.0
+    bias = float(conv.bias[channel].detach()) if conv.bias is not None else 0.0
     total = float(per_channel.sum()) + bias
     relu = isinstance(getattr(conv, "activation", None), torch.nn.ReLU)
     arithmetic: dict[str, Any] = {
