@@ -19,13 +19,16 @@ from tests.mlflow_server import MlflowServer
 
 OUTAGE_S = float(os.environ.get("CONVLENS_OUTAGE_S", "60"))
 # Many short epochs, bounded by time rather than count, so training outlasts the outage
-# however fast the machine is.
+# however fast the machine is. Paced (a pause after each batch, `tests.pace`): an epoch of
+# about 5 s that logs every second, while the other half of the test run keeps its core.
 ARGS = [
     "trainer.max_epochs=10000",
     "data.subset=1920",
     "data.val_subset=500",
     "data.test_subset=500",
     "trainer.log_every_n_steps=5",
+    "+callbacks.pace._target_=tests.pace.Pace",
+    "+callbacks.pace.seconds=0.15",
 ]
 
 
