@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines.ui import LOCAL_UI_ENV
 from tests.harness import ServerProcess, free_port
 
 
@@ -39,13 +40,11 @@ class MlflowServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--workers",
-                "1",
             ],  # fmt: skip
             log=self.folder / "server.log",
             append_log=True,
             ready_url=f"{self.uri}/health",
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={**os.environ, **LOCAL_UI_ENV},  # one worker, no GenAI job runner
             timeout_s=timeout_s,
             name="mlflow server",
         )

@@ -3,11 +3,14 @@
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.ui import LOCAL_UI_ENV
 from tests.conftest import REPO, run_train, with_store
 from tests.harness import free_port
 
@@ -55,9 +58,14 @@ def test_train_shows_progress_and_summary_and_logs_the_rest(tmp_path, mnist_root
         assert noise in kept, kept[-3000:]
 
 
-def test_make_ui_serves_the_local_store(trained):
+@pytest.fixture(scope="module")
+def made_ui(trained) -> Iterator[tuple[str, int]]:
+    """`make ui` on the trained store, answering: its base URL, and its session (process
+    group) id, which every process it starts shares."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained.tracking_uri}
+    for name in LOCAL_UI_ENV:
+        env.pop(name, None)
     ui = subprocess.Popen(
         ["make", "--no-print-directory", "ui", f"ARGS=paths.mlflow_ui=http://127.0.0.1:{port}"],
         cwd=REPO,
@@ -78,18 +86,47 @@ def test_make_ui_serves_the_local_store(trained):
             if time.monotonic() > deadline or ui.poll() is not None:
                 pytest.fail("make ui did not start serving within 90 s")
             time.sleep(0.5)
-        found = httpx.get(
-            f"{base}/api/2.0/mlflow/experiments/get-by-name",
-            params={"experiment_name": "convlens-mnist"},
-            timeout=10,
-        )
-        assert found.status_code == 200
-        runs = httpx.post(
-            f"{base}/api/2.0/mlflow/runs/search",
-            json={"experiment_ids": [found.json()["experiment"]["experiment_id"]]},
-            timeout=10,
-        )
-        assert trained.run_id in {r["info"]["run_id"] for r in runs.json()["runs"]}
+        yield base, ui.pid
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
+
+
+def session_commands(session: int) -> list[str]:
+    """The command lines of the processes in `session` (from /proc)."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session:  # after state, ppid, pgrp: the session id
+                commands.append(
+                    (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return commands
+
+
+def test_make_ui_serves_the_local_store(trained, made_ui):
+    base, _ = made_ui
+    found = httpx.get(
+        f"{base}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": "convlens-mnist"},
+        timeout=10,
+    )
+    assert found.status_code == 200
+    runs = httpx.post(
+        f"{base}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [found.json()["experiment"]["experiment_id"]]},
+        timeout=10,
+    )
+    assert trained.run_id in {r["info"]["run_id"] for r in runs.json()["runs"]}
+
+
+def test_make_ui_runs_one_mlflow_worker_and_no_job_runner(made_ui):
+    _, session = made_ui
+    commands = session_commands(session)
+    servers = [c for c in commands if "uvicorn" in c and "mlflow.server" in c]
+    assert len(servers) == 1 and "--workers 1 " in servers[0], commands
+    extra = [c for c in commands if any(w in c for w in ("multiprocessing", "_job_runner", "huey"))]
+    assert extra == [], commands

@@ -358,6 +358,10 @@ def test_mlflow_uses_basic_auth_and_clients_log_in():
         assert "${MLFLOW_ADMIN_PASSWORD:?" in environment["MLFLOW_TRACKING_PASSWORD"]
 
 
+def test_mlflow_starts_no_genai_job_runner():
+    assert services()["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
 def test_mlflow_artifacts_go_to_the_bucket_that_is_created():
     destination = mlflow_arguments()["artifacts-destination"]
     bucket_command = services()["minio-bucket"]["command"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.ui import LOCAL_UI_ENV
 from tests.harness import HOST, ServerProcess, free_port
 
 # `browser`: one Chromium for the module, or a skip saying how to install one.
@@ -56,8 +57,8 @@ def mlflow_ui(trained, tmp_path_factory):
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [mlflow, "ui", "--backend-store-uri", trained.tracking_uri]
-    command += ["--host", HOST, "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command += ["--host", HOST, "--port", str(port)]
+    env = {**os.environ, **LOCAL_UI_ENV}  # as `make ui` starts it
     log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
     with ServerProcess(
         command,

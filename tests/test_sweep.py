@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from convlens.config import compose
+from pipelines.ui import LOCAL_UI_ENV
 from tests.conftest import MODEL_NAME, train_env
 from tests.test_pipelines import run_module
 from tests.ui_fixtures import needs_chromium
@@ -293,8 +294,8 @@ def test_the_mlflow_ui_groups_the_trials_under_the_study_run(swept):
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{swept.workdir}/mlflow.db"]
-    command += ["--host", HOST, "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command += ["--host", HOST, "--port", str(port)]
+    env = {**os.environ, **LOCAL_UI_ENV}  # as `make ui` starts it
     experiment = swept.client.get_experiment_by_name(MODEL_NAME).experiment_id
     with (
         ServerProcess(
