@@ -20,7 +20,6 @@ from convlens.cli import TEMPFAIL, errors_as_lines
 from convlens.config import Settings
 from convlens.console import quiet_console
 from convlens.reachability import check_reachable
-from convlens.store import SWEEP_ID, run_page
 
 if TYPE_CHECKING:
     from convlens.registry import Registration
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
 
 
 def report(result: TrainResult, found: Settings, registration: Registration | None) -> None:
+    from convlens.store import run_page
+
     page = run_page(result.tracking_uri, found.mlflow_ui, result.experiment_id, result.run_id)
     print(f"\nrun        {result.run_id}  ({page})\ntest acc   {result.test_acc:.4f}")
     if registration is not None:
@@ -47,6 +48,8 @@ def tag_sweep_trial(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN or not cfg.get("logger") or "mlflow" not in cfg.logger:
         return
+    from convlens.store import SWEEP_ID
+
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
     sweep_id = f"{sweep_dir.name}-{hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:8]}"
     trial = hydra_cfg.job.num
@@ -73,6 +76,10 @@ def main(cfg: DictConfig) -> float | None:
         found = Settings.of(cfg)  # a bad promotion policy fails before training
         if cfg.get("logger") and "mlflow" in cfg.logger:
             check_reachable(found.tracking_uri)  # seconds, before the heavy imports
+        if cfg.get("resume"):
+            from convlens.recovery import resume_from
+
+            resume_from(cfg)  # nothing to resume is told before them too
         from convlens.training import train
 
         result = train(cfg)

@@ -179,6 +179,22 @@ def test_train_rejects_a_bad_promotion_policy_before_training(tmp_path, mnist_ro
     assert not (tmp_path / "mlflow.db").exists()  # stopped before any MLflow run began
 
 
+@pytest.mark.parametrize("module", ["pipelines.train", "pipelines.release"])
+def test_a_config_error_is_told_before_torch_or_mlflow_is_imported(tmp_path, module):
+    """A typo in an override is answered in about a second, not after 10 s of imports."""
+    result = run_module(
+        tmp_path, module, "registry.promote=sometimes", env={"PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert result.returncode == 2 and "registry.promote" in result.stderr.splitlines()[-1]
+    assert "omegaconf" in imported  # the import log was read
+    assert {"torch", "mlflow", "pytorch_lightning"} & imported == set()
+
+
 # --- the Optuna sweep's config, as `make train` reads it ------------------------------------
 # The sweep itself (pipelines.sweep) is tests/test_sweep.py and tests/test_sweep_workers.py.
 

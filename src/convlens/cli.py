@@ -36,15 +36,18 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def message_of(error: BaseException) -> str | None:
-    """The one line to print for an error the user can act on; None for a bug."""
-    from mlflow.exceptions import MlflowException
+    """The one line to print for an error the user can act on; None for a bug.
+
+    MLflow is only looked at once loaded (only then can it have raised): importing it takes
+    3 s, which a config error, found first, should not wait for."""
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(error, UserError):
         return str(error)
     if isinstance(error, OmegaConfBaseException):  # e.g. an interpolation that cannot resolve
         return f"config: {str(error).strip().splitlines()[0]}"
-    if isinstance(error, MlflowException):
+    mlflow_errors = sys.modules.get("mlflow.exceptions")
+    if mlflow_errors is not None and isinstance(error, mlflow_errors.MlflowException):
         return f"MLflow: {error.message.strip().splitlines()[0]}"
     return None
 

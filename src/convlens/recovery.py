@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from omegaconf import DictConfig, open_dict
 
 from convlens import UserError
 
@@ -62,6 +63,18 @@ def find_resumable(tracking_uri: str, experiment_name: str, which: str) -> Resum
     if checkpoint is None:
         raise ResumeError(f"resume={run.info.run_id}: no {LAST} in {folder}")
     return Resumable(run.info.run_id, folder, str(checkpoint))
+
+
+def resume_from(cfg: DictConfig) -> None:
+    """Point the config at the run `cfg.resume` names: its MLflow run, checkpoints and
+    last.ckpt. Needs MLflow only, so `make train` tells what cannot be resumed before it
+    imports Lightning."""
+    mlflow_cfg = cfg.logger.mlflow
+    found = find_resumable(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, cfg.resume)
+    with open_dict(cfg):
+        cfg.logger.mlflow.run_id = found.run_id
+        cfg.callbacks.model_checkpoint.dirpath = found.checkpoint_dir
+        cfg.ckpt_path = found.checkpoint
 
 
 def _last_checkpoint(folder: str | None) -> Path | None:

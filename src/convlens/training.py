@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback, LightningDataModule, Trainer, seed_everything
 
 from convlens import top_patches
@@ -17,7 +17,7 @@ from convlens.embedding import Sample
 from convlens.evaluation import EVALUATION_DIR
 from convlens.interrupts import NoLostInterrupt
 from convlens.module import Classifier, net_from_checkpoint
-from convlens.recovery import CHECKPOINT_DIR_TAG, find_resumable
+from convlens.recovery import CHECKPOINT_DIR_TAG
 from convlens.tracking import (
     local_artifact_location,
     log_config,
@@ -59,16 +59,6 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
-def resume_from(cfg: DictConfig) -> None:
-    """Point the config at the run being resumed: its MLflow run, checkpoints and last.ckpt."""
-    mlflow_cfg = cfg.logger.mlflow
-    found = find_resumable(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, cfg.resume)
-    with open_dict(cfg):
-        cfg.logger.mlflow.run_id = found.run_id
-        cfg.callbacks.model_checkpoint.dirpath = found.checkpoint_dir
-        cfg.ckpt_path = found.checkpoint
-
-
 def instantiate_all(
     cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
 ) -> tuple[LightningDataModule, Classifier, Trainer]:
@@ -100,15 +90,13 @@ def start_run(cfg: DictConfig, trainer: Trainer) -> None:
 def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult | None:
     """Run the whole training; returns the result on global rank zero, None on other ranks.
 
-    The caller checks that the tracking server answers (`convlens.reachability`) first.
+    The caller checks that the tracking server answers (`convlens.reachability`) and points
+    a `resume=` config at its run (`convlens.recovery.resume_from`) first.
     `callbacks` join those the config names (a sweep's trial reports to Optuna with one).
     """
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-    if cfg.get("resume"):
-        resume_from(cfg)
-
     datamodule, module, trainer = instantiate_all(cfg, callbacks)
     start_run(cfg, trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
