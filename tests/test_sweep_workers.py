@@ -4,8 +4,6 @@ and end it with exactly the trial budget: none more, none run twice."""
 from __future__ import annotations
 
 import multiprocessing
-import random
-import time
 
 import optuna
 import pytest
@@ -16,6 +14,7 @@ from convlens import sweep
 from convlens.sweep import SURPLUS_ATTR, SurplusTrial, claim
 from tests.conftest import MODEL_NAME
 from tests.postgres_cluster import PASSWORD
+from tests.sweep_race import race
 from tests.test_pipelines import run_module
 from tests.test_sweep import TINY
 
@@ -45,22 +44,6 @@ def test_a_trial_created_after_the_budget_filled_gives_its_place_up(tmp_path):
     study.tell(third, state=TrialState.FAIL)
     study.tell(first, state=TrialState.FAIL)  # a worker died: its place is free again
     claim(study.ask(), 2)
-
-
-def quick(p, parent_run_id, trial) -> float:
-    """A trial without training, long enough for the workers to overlap."""
-    claim(trial, p.n_trials)
-    x = trial.suggest_float("x", 0.0, 1.0)
-    time.sleep(random.uniform(0.0, 0.3))
-    trial.report(x, step=0)
-    if x < 0.2:
-        raise optuna.TrialPruned()
-    return x
-
-
-def race(overrides: list[str], index: int) -> int:
-    p = sweep.plan(overrides)
-    return sweep.work(p, "no-parent-run", index, run_trial=quick, record=False)
 
 
 def test_many_workers_on_postgres_finish_exactly_the_budget(cluster, tmp_path, monkeypatch):

@@ -200,10 +200,10 @@ def work(
     `run_trial` defaults to `sweep_trial.objective` (train); `record` keeps the parent run up
     to date.
     """
-    from convlens import sweep_record
-    from convlens.sweep_trial import objective
-
-    run_trial = run_trial or objective
+    if run_trial is None:  # training and tracking are imported only when they are used
+        from convlens.sweep_trial import objective as run_trial
+    if record:
+        from convlens import sweep_record
 
     study = load_study(p, open_storage(p), seed_offset)
     ran = failures = 0
