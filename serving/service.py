@@ -3,12 +3,11 @@
     bentoml serve serving.service:ConvLens        (or `make serve`)
 
 This module is the service class and nothing else; its parts live beside it: settings
-(`serving.settings`, from config.yaml), the model and its checks (`serving.loading`), running
-it on an upload (`serving.inference`), request and answer shapes (`serving.schemas`,
-`serving.rendering`), the error table (`serving.errors`), how requests flow through a worker
-(`serving.traffic`), the ASGI middlewares (`serving.middleware`), the OpenAPI document
-(`serving.openapi`) and the workarounds that touch BentoML's internals
-(`serving.bentoml_private`, applied below before the service is defined).
+(`serving.settings`), the model (`serving.loading`), running it on an upload
+(`serving.inference`), the look-inside answers (`serving.insights`), `model_card`,
+`monitoring`, `feedback_intake`, shapes (`serving.schemas`, `serving.rendering`), errors
+(`serving.errors`), request flow (`serving.traffic`, `serving.middleware`), the OpenAPI
+document (`serving.openapi`) and BentoML workarounds (`serving.bentoml_private`, applied below).
 
 Without a usable model (none in the store, weights that fail the check) the service still
 starts, and `/readyz` and every API answer 503 with the reason, so the failure is visible from
