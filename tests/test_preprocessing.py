@@ -70,6 +70,13 @@ def test_specks_that_vanish_when_scaled_down_are_no_digit():
         to_mnist(Image.fromarray(image))
 
 
+def test_a_few_dim_specks_are_no_digit():
+    image = np.zeros((6, 19), dtype=np.uint8)  # found by Hypothesis: it used to raise IndexError
+    image[0, 0], image[0, 10], image[1, 4], image[5, 8], image[5, 15] = 58, 51, 82, 51, 51
+    with pytest.raises(NoDigitError, match="too faint"):
+        to_mnist(Image.fromarray(image))
+
+
 def test_blank_image_has_no_digit():
     with pytest.raises(NoDigitError):
         to_mnist(Image.new("L", (50, 50), 255))

@@ -47,6 +47,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     ink = digit_ink(image)
     rows = np.flatnonzero((ink > 0.1).any(axis=1))
     cols = np.flatnonzero((ink > 0.1).any(axis=0))
+    if rows.size == 0:  # a few dim specks: the photo path found strokes too faint to crop to
+        raise NoDigitError("the image has no digit: its marks are too faint")
     digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
     height, width = digit.shape
