@@ -36,6 +36,7 @@ from tests.ui_screenshot import (
 pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 
 UPLOAD_INDEX = 1234  # an MNIST test image that is not one of the page's samples
+SLOW_NETWORK_MS = 600  # latency added to each request where evaluations must overlap
 
 
 # ------------------------------------------------------------------ static files, no browser
@@ -283,10 +284,16 @@ def test_page_fits_a_phone(browser, served_url):
 
 
 @needs_chromium
-def test_page_loads_every_module_without_console_errors(browser, served_url):
+def test_page_loads_every_module_without_console_errors_as_evaluations_overlap(browser, served_url):
+    """On a slow network a stroke drawn with pauses is evaluated at each pause, and each
+    evaluation aborts the one before it: the console stays clean, and every aborted request
+    is asked again and answered."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     scripts: dict[str, tuple[int, str]] = {}
+    sent: list = []  # the page's requests, in the order it sent them
+    answered: set[int] = set()  # indices into `sent` answered without an error
+    superseded: list[int] = []  # indices into `sent` the page aborted itself
 
     def on_console(message):
         # The MLflow UI probe may fail by design: no run_url server answers in the test suite.
@@ -301,9 +308,13 @@ def test_page_loads_every_module_without_console_errors(browser, served_url):
             )
         if response.status >= 400:
             problems.append(f"HTTP {response.status}: {response.url}")
+        elif response.request in sent:
+            answered.add(sent.index(response.request))
 
     def on_failed(request):
-        if not request.url.endswith("/health"):
+        if request.failure == "net::ERR_ABORTED" and request in sent:
+            superseded.append(sent.index(request))
+        elif not request.url.endswith("/health"):
             problems.append(f"failed: {request.url} ({request.failure})")
 
     try:
@@ -311,11 +322,16 @@ def test_page_loads_every_module_without_console_errors(browser, served_url):
         page.set_default_timeout(60_000)
         page.on("console", on_console)
         page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+        page.on("request", lambda request: sent.append(request))
         page.on("response", on_response)
         page.on("requestfailed", on_failed)
         open_page(page, served_url)
+        slow = {"offline": False, "latency": SLOW_NETWORK_MS, "downloadThroughput": -1}
+        context.new_cdp_session(page).send(
+            "Network.emulateNetworkConditions", {**slow, "uploadThroughput": -1}
+        )
         before = settled(page)
-        draw_stroke(page, SEVEN)
+        draw_stroke(page, SEVEN, pause_ms=SLOW_NETWORK_MS / 2)
         assert wait_for_results(page, before) == "done", page.locator("#status").inner_text()
         page.wait_for_function(
             "() => [...document.querySelectorAll('#filters img')].every(i => i.naturalWidth > 0)"
@@ -323,6 +339,10 @@ def test_page_loads_every_module_without_console_errors(browser, served_url):
     finally:
         context.close()
     assert not problems, problems
+    assert superseded, "no evaluation overlapped another: the test did not test aborts"
+    for i in superseded:
+        later = [j for j in answered if j > i and sent[j].url == sent[i].url]
+        assert later, f"the page aborted {sent[i].url} and never asked it again"
     assert sorted(scripts) == js_modules()
     for name, (status, content_type) in scripts.items():
         assert status == 200 and "javascript" in content_type, (name, status, content_type)

@@ -17,7 +17,7 @@ from tests.ui_feedback_screenshot import (
     take_feedback_screenshot,
 )
 from tests.ui_fixtures import needs_chromium, new_page
-from tests.ui_screenshot import SEVEN, draw_stroke, settled
+from tests.ui_screenshot import SEVEN, draw_stroke, settled, wait_for_results
 
 pytest_plugins = ["tests.serving_fixtures", "tests.ui_fixtures"]
 pytestmark = needs_chromium
@@ -71,7 +71,7 @@ def test_a_new_drawing_puts_the_question_away_until_its_prediction(page):
     page.locator("#feedback").wait_for(state="hidden")
     before = settled(page)
     draw_stroke(page, SEVEN)
-    page.wait_for_function(f"() => Number(document.body.dataset.settled) > {before}")
+    assert wait_for_results(page, before) == "done"
     page.locator("#feedback").wait_for(state="visible")
     assert page.locator("#feedback-status").inner_text() == ""
 

@@ -82,9 +82,16 @@ def settled(page) -> int:
 
 
 def wait_for_results(page, after: int, timeout_ms: float = 60_000) -> str:
-    """Wait for an evaluation newer than `after` to finish; returns 'done', 'error' or 'empty'."""
+    """Wait until the page has evaluated its latest input, in an evaluation newer than `after`;
+    returns 'done', 'error' or 'empty'. (A long stroke is also evaluated midway.)"""
     page.wait_for_function(
-        f"() => Number(document.body.dataset.settled || 0) > {int(after)}", timeout=timeout_ms
+        """after => {
+            const page = document.body.dataset;
+            const settled = Number(page.settled || 0);
+            return settled > after && settled === Number(page.generation) && !page.scheduled;
+        }""",
+        arg=int(after),
+        timeout=timeout_ms,
     )
     return page.evaluate("document.body.dataset.state")
 
@@ -94,8 +101,9 @@ def open_page(page, base_url: str, timeout_ms: float = 60_000) -> None:
     page.wait_for_function("() => document.body.dataset.ready === 'true'", timeout=timeout_ms)
 
 
-def draw_stroke(page, points: list[tuple[float, float]]) -> None:
-    """Draw one stroke with mouse events, `points` as fractions of the canvas size."""
+def draw_stroke(page, points: list[tuple[float, float]], pause_ms: float = 0) -> None:
+    """Draw one stroke with mouse events, `points` as fractions of the canvas size, holding
+    still for `pause_ms` at each point (long enough, and the page evaluates the stroke so far)."""
     box = page.locator("#pad").bounding_box()
     assert box is not None, "the drawing canvas is not visible"
 
@@ -106,6 +114,8 @@ def draw_stroke(page, points: list[tuple[float, float]]) -> None:
     page.mouse.down()
     for p in points[1:]:
         page.mouse.move(*at(p), steps=4)
+        if pause_ms:
+            page.wait_for_timeout(pause_ms)
     page.mouse.up()
 
 

@@ -111,8 +111,10 @@ export function createEvaluator() {
     clearTimeout(timer);
     const waited = now - firstScheduled;
     const wait = Math.max(0, Math.min(delay, MAX_WAIT_MS - waited));
+    document.body.dataset.scheduled = "true"; // for tests: an evaluation is on its way
     timer = setTimeout(() => {
       timer = null;
+      delete document.body.dataset.scheduled;
       evaluate();
     }, wait);
   }
