@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests.conftest import run_train, spawn_train, with_store
+from tests.test_pipelines import run_module
 
 # 125 steps an epoch: long enough to interrupt, short enough for CI.
 ARGS = ["experiment=smoke", "trainer.max_epochs=3", "data.subset=8000", "registry.enabled=false"]
@@ -124,7 +125,8 @@ def test_resume_of_a_finished_run_is_a_one_line_error(tmp_path, trained):
     )
 
 
-def test_resume_latest_without_unfinished_runs_is_a_one_line_error(tmp_path, mnist_root):
-    result = run_train(tmp_path, "resume=latest")
+@pytest.mark.parametrize("module", ["pipelines.train", "pipelines.release"])
+def test_resume_latest_without_unfinished_runs_is_a_one_line_error(tmp_path, mnist_root, module):
+    result = run_module(tmp_path, module, "resume=latest")
     assert result.returncode == 2
     assert "no unfinished run with a checkpoint" in result.stderr.strip().splitlines()[-1]
