@@ -116,7 +116,8 @@ def imports(env: dict) -> dict:
 
 
 def run(workdir: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CONVLENS_DATA_DIR": data_root()}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "CONVLENS_DATA_DIR": data_root()}
     warm = dict(env)
     warm.pop("PYTHONDONTWRITEBYTECODE", None)  # let the cache fill (or be used) as usual
     cold = {
