@@ -76,10 +76,9 @@ def main(cfg: DictConfig) -> float | None:
         found = Settings.of(cfg)  # a bad promotion policy fails before training
         if cfg.get("logger") and "mlflow" in cfg.logger:
             check_reachable(found.tracking_uri)  # seconds, before the heavy imports
-        if cfg.get("resume"):
-            from convlens.recovery import resume_from
+        from convlens.recovery import resume_from
 
-            resume_from(cfg)  # nothing to resume is told before them too
+        resume_from(cfg)  # nothing to resume is told before them too
         from convlens.training import train
 
         result = train(cfg)

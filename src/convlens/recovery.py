@@ -66,9 +66,11 @@ def find_resumable(tracking_uri: str, experiment_name: str, which: str) -> Resum
 
 
 def resume_from(cfg: DictConfig) -> None:
-    """Point the config at the run `cfg.resume` names: its MLflow run, checkpoints and
-    last.ckpt. Needs MLflow only, so `make train` tells what cannot be resumed before it
-    imports Lightning."""
+    """Point the config at the run `cfg.resume` names, if any: its MLflow run, checkpoints
+    and last.ckpt. Needs MLflow only, so `make train` and `make release` tell what cannot be
+    resumed before they import Lightning."""
+    if not cfg.get("resume"):
+        return
     mlflow_cfg = cfg.logger.mlflow
     found = find_resumable(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, cfg.resume)
     with open_dict(cfg):

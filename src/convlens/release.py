@@ -66,10 +66,9 @@ def release(cfg: DictConfig, found: Settings, say: Callable[[int, str, str], Non
     """Run the five steps; the caller has checked `found` and that the store answers."""
     if not cfg.get("logger") or "mlflow" not in cfg.logger:
         raise UserError("a release needs the MLflow logger: drop the logger override")
-    if cfg.get("resume"):
-        from convlens.recovery import resume_from
+    from convlens.recovery import resume_from
 
-        resume_from(cfg)  # as `make train` does, before the heavy imports
+    resume_from(cfg)  # as `make train` does, before the heavy imports
     from convlens.evaluation import evaluate_run
     from convlens.packaging import package
     from convlens.registry import outcome
