@@ -67,6 +67,12 @@ def api_routes(service: Any) -> list[str]:
     return [method.route for method in service.apis.values()]
 
 
+def server_header(service: Any) -> tuple[bytes, bytes]:
+    """The Server header BentoML puts on every API answer (`ServiceAppFactory.
+    _add_response_headers`), for an answer `serving.shortcut` makes in its place."""
+    return b"server", f"BentoML Service/{service.name}".encode()
+
+
 class QuietClientErrors(logging.Filter):
     """BentoML logs every exception an API raises at ERROR with a traceback; a client's bad
     input is not a server fault, so it becomes one INFO line."""

@@ -1,6 +1,6 @@
 """How the service runs the model on what a client sent: the upload as the digit the model
-sees, the network's input and class probabilities, the check that a layer exists, and the
-warm-up pass that tells a usable model from one that only loads."""
+sees, the network's input and class probabilities, /predict's answer, the check that a layer
+exists, and the warm-up pass that tells a usable model from one that only loads."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.images import ImageLimits, read_image
+from convlens.images import ImageLimits, decode_image, read_image
 from convlens.model import ConvNet
 from convlens.preprocessing import INPUT_SHAPE, normalize, to_mnist
+from serving import monitoring
 from serving.errors import UnknownLayer, client_error, client_errors
 from serving.loading import LoadedModel, ModelUnavailable
+from serving.schemas import ImagePrediction, ModelRef
 
 logger = logging.getLogger("convlens.serving")
 
@@ -34,6 +36,23 @@ def upload_digit(image: Path, limits: ImageLimits) -> np.ndarray:
     """The upload as the 28x28 uint8 digit the model sees (`to_mnist` does the work)."""
     with client_errors():
         return to_mnist(read_image(image, limits))
+
+
+def prediction(model: LoadedModel, digit: np.ndarray) -> ImagePrediction:
+    """/predict's answer for a 28x28 uint8 digit, recorded by the monitoring."""
+    probabilities = class_probabilities(model.net, torch.from_numpy(digit)[None])
+    monitoring.record_inputs(digit[None])
+    monitoring.record_prediction(probabilities, model.version, "predict")
+    row = probabilities[0]
+    ref = ModelRef(name=model.name, version=model.version)
+    return ImagePrediction(label=int(row.argmax()), probabilities=row.tolist(), model=ref)
+
+
+def prediction_json(model: LoadedModel, data: bytes, limits: ImageLimits) -> bytes:
+    """/predict's answer for an uploaded file's bytes, as BentoML would send it; the
+    library's errors are raised as they are (`serving.shortcut` leaves them to BentoML)."""
+    digit = to_mnist(decode_image(data, limits))
+    return prediction(model, digit).model_dump_json().encode()
 
 
 def check_layer(layer: str, allowed: list[str], what: str) -> None:

@@ -6,8 +6,9 @@ This module is the service class and nothing else; its parts live beside it: set
 (`serving.settings`), the model (`serving.loading`), running it on an upload
 (`serving.inference`), the look-inside answers (`serving.insights`), `model_card`,
 `monitoring`, `feedback_intake`, shapes (`serving.schemas`, `serving.rendering`), errors
-(`serving.errors`), request flow (`serving.traffic`, `serving.middleware`), the OpenAPI
-document (`serving.openapi`) and BentoML workarounds (`serving.bentoml_private`, applied below).
+(`serving.errors`), request flow (`serving.traffic`, `serving.middleware`, and
+`serving.shortcut` for /predict), the OpenAPI document (`serving.openapi`) and BentoML
+workarounds (`serving.bentoml_private`, applied below).
 
 Without a usable model (none in the store, weights that fail the check) the service still
 starts, and `/readyz` and every API answer 503 with the reason, so the failure is visible from
@@ -31,7 +32,14 @@ from convlens.model import ConvNet
 from serving import bentoml_private, insights, model_card, monitoring
 from serving.errors import client_error
 from serving.feedback_intake import FeedbackIntake
-from serving.inference import check_layer, class_probabilities, upload_digit, warm_up
+from serving.inference import (
+    check_layer,
+    class_probabilities,
+    prediction,
+    prediction_json,
+    upload_digit,
+    warm_up,
+)
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
@@ -59,7 +67,6 @@ from serving.schemas import (
     ImagePrediction,
     Index,
     KernelName,
-    ModelRef,
     ModelVersion,
     Neighbours,
     Placement,
@@ -68,6 +75,7 @@ from serving.schemas import (
     TopPatches,
 )
 from serving.settings import CONFIG
+from serving.shortcut import PredictShortcut
 from serving.traffic import Admission, APIThreads
 from serving.ui_app import ui_app
 
@@ -142,12 +150,7 @@ class ConvLens:
         """
         with monitoring.counting_no_digit():
             seen = upload_digit(image, self.limits)
-        probabilities = class_probabilities(self.net, torch.from_numpy(seen)[None])
-        monitoring.record_inputs(seen[None])
-        monitoring.record_prediction(probabilities, self.model.version, "predict")
-        row = probabilities[0]
-        ref = ModelRef(name=self.model.name, version=self.model.version)
-        return ImagePrediction(label=int(row.argmax()), probabilities=row.tolist(), model=ref)
+        return prediction(self.model, seen)
 
     @bentoml.api(
         batchable=True,
@@ -292,6 +295,14 @@ ConvLens.add_asgi_middleware(
     openapi=openapi_json(ConvLens, MODEL_STATUS),
 )
 ConvLens.add_asgi_middleware(SpreadConnections, every=CONFIG.requests_per_connection)
+ConvLens.add_asgi_middleware(
+    PredictShortcut,
+    route="/predict",
+    field="image",
+    answer=lambda data: prediction_json(MODEL_STATUS.model, data, CONFIG.image_limits),
+    threads=api_threads,
+    headers=[bentoml_private.server_header(ConvLens)],
+)
 bentoml_private.wrap_app(
     ConvLens,
     lambda app: Admission(app, bentoml_private.api_routes(ConvLens), CONFIG.max_in_flight),

@@ -238,6 +238,27 @@ def test_each_upload_prediction_is_counted_under_its_label(two_workers, mnist_ro
         assert value(after, name, **keys) - value(before, name, **keys) == labels.count(label)
 
 
+def test_bentomls_request_metrics_count_each_predict_answer(two_workers, mnist_root):
+    """/predict's shortcut (`serving.shortcut`) answers inside BentoML's metrics middleware."""
+
+    def answered(samples: Samples, code: str) -> float:
+        return sum(
+            number
+            for (sample, labels), number in samples.items()
+            if sample == "bentoml_service_request_total"
+            and ("endpoint", "/predict") in labels
+            and ("http_response_code", code) in labels
+        )
+
+    before = scrape(two_workers)
+    for i in range(5):
+        assert post_image(two_workers, digit_png(i, mnist_root)).status_code == 200
+    assert post_image(two_workers, b"not an image").status_code == 400
+    after = scrape(two_workers)
+    assert answered(after, "200") - answered(before, "200") == 5
+    assert answered(after, "400") - answered(before, "400") == 1
+
+
 def test_confidence_histogram_observes_each_top_probability(two_workers, mnist_root, packaged):
     version = packaged.model_labels["mlflow_version"]
     images = mnist_sample(mnist_root, 100, seed=2)

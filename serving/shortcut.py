@@ -1,0 +1,103 @@
+"""POST /predict answered beside BentoML's request path, for the uploads it can answer.
+
+py-spy on a worker under /predict load (BENCHMARKS.md, goal 2) found a third of the event
+loop's time in BentoML's path around the API method: the form parsed into its input model,
+the upload written to a temporary file and read back, the request context, the routing, the
+output model and its response. `PredictShortcut`, the innermost of the service's middlewares,
+answers a well-formed upload itself: the body read in memory, the image decoded, the digit
+classified on the API thread, the same JSON sent. Everything outside it still applies: the
+concurrency limit, BentoML's metrics and timeout, the body limit and the readiness check.
+
+It answers successes only. Anything else (another field, a form it cannot parse, an upload
+that is not a digit, a bug) goes on to BentoML's path with the body as it came, where the
+validation, the counting of refused digits, the log line and the error answer stay in their
+one home; such a request is read twice, which costs little next to what is wrong with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from serving.middleware import send_json
+from serving.traffic import APIThreads
+
+
+class PredictShortcut:
+    """ASGI middleware: `POST route` with a multipart form of one file field, `field`,
+    answered 200 with `answer(the file's bytes)`, computed on `threads`."""
+
+    def __init__(
+        self,
+        app: Any,
+        route: str,
+        field: str,
+        answer: Callable[[bytes], bytes],
+        threads: APIThreads,
+        headers: list[tuple[bytes, bytes]],
+    ):
+        self.app = app
+        self.route = route
+        self.field = field
+        self.answer = answer
+        self.threads = threads
+        self.headers = headers
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if not self._may_answer(scope):
+            await self.app(scope, receive, send)
+            return
+        messages = [await receive()]
+        while messages[-1]["type"] == "http.request" and messages[-1].get("more_body", False):
+            messages.append(await receive())
+        body = await self._answer(scope, messages)
+        if body is None:
+            await self.app(scope, _replay(messages, receive), send)
+        else:
+            await send_json(send, 200, body, self.headers)
+
+    def _may_answer(self, scope: dict) -> bool:
+        if scope["type"] != "http" or scope["path"] != self.route or scope["method"] != "POST":
+            return False
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        return content_type.startswith(b"multipart/form-data") and not scope["query_string"]
+
+    async def _answer(self, scope: dict, messages: list[dict]) -> bytes | None:
+        """The answer's body, or None for BentoML's path to answer."""
+        if messages[-1]["type"] != "http.request":
+            return None  # the client went away, or the body limit cut it short
+        request = Request(scope, _replay(messages, None))
+        try:
+            form = await request.form()
+        except Exception:
+            return None
+        try:
+            items = form.multi_items()
+            if len(items) != 1 or items[0][0] != self.field:
+                return None
+            upload = items[0][1]
+            if not isinstance(upload, UploadFile):
+                return None
+            data = await upload.read()
+            return await self.threads.submit(lambda: self.answer(data))
+        except Exception:
+            return None
+        finally:
+            await form.close()
+
+
+def _replay(messages: list[dict], receive: Any) -> Callable[[], Any]:
+    """A `receive` that gives `messages` again, then waits on `receive` (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        if pending:
+            return pending.pop(0)
+        if receive is None:
+            return {"type": "http.disconnect"}
+        return await receive()
+
+    return replayed

@@ -1,0 +1,221 @@
+"""/predict beside BentoML's request path (`serving.shortcut`): a well-formed upload is
+answered by the shortcut, anything else reaches BentoML with its body as it came, and over
+HTTP the two paths give the same answer. Its speed is `make bench`'s (`benchmarks.peers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from convlens.data import load_mnist
+from serving.shortcut import PredictShortcut
+from serving.traffic import APIThreads
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+BOUNDARY = "convlens-test-boundary"
+FORM = f"multipart/form-data; boundary={BOUNDARY}"
+PNG_BYTES = b"\x89PNG not really, the answer below does not decode it"
+
+
+def form(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart body of (field, content, filename or None for a text field) parts."""
+    chunks = []
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"\r\nContent-Type: image/png'
+        head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        chunks.append(head + content + b"\r\n")
+    return b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+
+
+class BentoMLPath:
+    """Stands for BentoML's path inside the shortcut: records what it was given."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.messages: list[dict] = []
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b"bentoml"})
+
+
+def answer(data: bytes) -> bytes:
+    if data != PNG_BYTES:
+        raise ValueError("not the digit")
+    return json.dumps({"label": 7, "thread": threading.current_thread().name}).encode()
+
+
+def scope(method: str = "POST", content_type: str = FORM, query: bytes = b"") -> dict:
+    headers = [(b"content-type", content_type.encode())] if content_type else []
+    return {
+        "type": "http",
+        "method": method,
+        "path": "/predict",
+        "query_string": query,
+        "headers": headers,
+    }
+
+
+def run(scope: dict, chunks: list[bytes], disconnect: bool = False):
+    """The shortcut over a fake BentoML path: (what was sent back, the path)."""
+    inner = BentoMLPath()
+    shortcut = PredictShortcut(
+        inner,
+        route="/predict",
+        field="image",
+        answer=answer,
+        threads=APIThreads(1),
+        headers=[(b"server", b"BentoML Service/convlens")],
+    )
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1 or disconnect}
+        for i, chunk in enumerate(chunks)
+    ]
+    if disconnect:
+        messages.append({"type": "http.disconnect"})
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(shortcut(scope, receive, send))
+    return sent, inner
+
+
+def test_a_well_formed_upload_is_answered_by_the_shortcut_on_the_api_thread():
+    body = form(("image", PNG_BYTES, "digit.png"))
+    sent, inner = run(scope(), [body[:50], body[50:]])
+    assert inner.bodies == []
+    start, content = sent
+    assert start["status"] == 200
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"server"] == b"BentoML Service/convlens"
+    assert int(headers[b"content-length"]) == len(content["body"])
+    answered = json.loads(content["body"])
+    assert answered["label"] == 7 and answered["thread"].startswith("convlens-api")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        form(("image", PNG_BYTES, "digit.png"), ("extra", b"1", None)),
+        form(("picture", PNG_BYTES, "digit.png")),
+        form(("image", b"digit.png", None)),
+        form(("image", PNG_BYTES, "a.png"), ("image", PNG_BYTES, "b.png")),
+        form(("image", b"something else", "digit.png")),
+        form(),
+        b"--" + BOUNDARY.encode() + b"\r\nnot a form at all",
+    ],
+    ids=[
+        "extra-field",
+        "other-field",
+        "text-not-file",
+        "two-files",
+        "answer-refuses",
+        "empty-form",
+        "malformed",
+    ],
+)
+def test_a_form_the_shortcut_does_not_answer_reaches_bentoml_as_it_came(body: bytes):
+    sent, inner = run(scope(), [body[:7], body[7:]])
+    assert inner.bodies == [body]
+    assert sent[0]["status"] == 418
+
+
+@pytest.mark.parametrize(
+    "request_scope",
+    [
+        scope(content_type="application/json"),
+        scope(content_type=""),
+        scope(method="PUT"),
+        scope(query=b"layer=conv1"),
+        {**scope(), "path": "/feature_maps"},
+    ],
+    ids=["json", "no-content-type", "put", "query-string", "other-route"],
+)
+def test_other_requests_go_straight_to_bentoml(request_scope: dict):
+    body = form(("image", PNG_BYTES, "digit.png"))
+    sent, inner = run(request_scope, [body])
+    assert inner.bodies == [body] and sent[0]["status"] == 418
+
+
+def test_a_body_cut_short_reaches_bentoml_with_its_disconnect():
+    body = form(("image", PNG_BYTES, "digit.png"))
+    sent, inner = run(scope(), [body[:40]], disconnect=True)
+    assert inner.bodies == [body[:40]]
+    assert inner.messages[-1] == {"type": "http.disconnect"}
+
+
+def test_the_service_shortcuts_its_predict_api_innermost():
+    """Route and field are the predict API's own, and the shortcut is the last middleware
+    added, so the body limit, readiness and error shape (`JSONErrors`) stay outside it."""
+    from serving.service import ConvLens
+
+    middleware, options = ConvLens.middlewares[-1]
+    assert middleware is PredictShortcut
+    api = ConvLens.apis["predict"]
+    assert options["route"] == api.route
+    assert list(api.input_spec.model_fields) == [options["field"]]
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture(scope="module")
+def digit_png(mnist_root: Path) -> bytes:
+    images, labels = load_mnist(str(mnist_root), train=False, download=False)
+    first_seven = int(np.flatnonzero(labels.numpy() == 7)[0])
+    buffer = io.BytesIO()
+    Image.fromarray(images[first_seven].numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_both_paths_answer_the_same_bytes(served: str, digit_png: bytes):
+    """An extra text field, which BentoML ignores, sends the upload down BentoML's path."""
+    with httpx.Client(base_url=served, timeout=60) as http:
+        shortcut = http.post("/predict", files={"image": ("d.png", digit_png, "image/png")})
+        bentoml_path = http.post(
+            "/predict",
+            files={"image": ("d.png", digit_png, "image/png")},
+            data={"note": "sent down BentoML's path"},
+        )
+    assert shortcut.status_code == bentoml_path.status_code == 200
+    assert shortcut.content == bentoml_path.content
+    assert json.loads(shortcut.content)["label"] == 7
+    for header in ("content-type", "server"):
+        assert shortcut.headers[header] == bentoml_path.headers[header]
+
+
+def test_bentomls_python_client_predicts_as_the_readme_shows(
+    served: str, digit_png: bytes, tmp_path: Path
+):
+    image = tmp_path / "digit.png"
+    image.write_bytes(digit_png)
+    with bentoml.SyncHTTPClient(served) as client:
+        result = client.predict(image=image)
+    assert result["label"] == 7
+    assert max(result["probabilities"]) == pytest.approx(result["probabilities"][7])
