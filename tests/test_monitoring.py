@@ -129,6 +129,19 @@ def test_a_window_keeps_only_the_last_inputs(mnist_root):
     assert window.psi() == pytest.approx(fresh.psi())
 
 
+def test_digits_added_one_at_a_time_in_either_dtype_read_as_one_batch(mnist_root):
+    """The window queues inputs and bins them together: order and dtype do not change it."""
+    images = mnist_test_set(mnist_root)[0][:150]
+    reference = Reference.load(REFERENCE_FILE)
+    one_at_a_time = Window(reference, size=100, batch=16)
+    for i, image in enumerate(images):
+        one_at_a_time.add(image[None] if i % 3 else image[None] / 255.0)
+        assert one_at_a_time.filled == min(100, i + 1)
+    at_once = Window(reference, size=100)
+    at_once.add(images[50:])
+    assert one_at_a_time.psi() == pytest.approx(at_once.psi())
+
+
 # ------------------------------------------------------------------ a two-worker server
 
 

@@ -15,6 +15,7 @@ moderate shift, > 0.25 drifted.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -155,20 +156,44 @@ def reading(score: float) -> str:
 class Window:
     """The bins of the last `size` inputs, and their PSI per statistic against `reference`.
 
-    A ring buffer of bin numbers: adding inputs costs their statistics and one assignment;
-    PSI costs one `bincount` over the buffer, whatever the window size.
+    A ring buffer of bin numbers. Adding inputs only queues them: their statistics are
+    computed for `batch` inputs at a time (or when PSI is asked for), since numpy's cost per
+    call, not per digit, dominates for one 28x28 digit. PSI costs one `bincount` over the
+    buffer, whatever the window size.
     """
 
-    def __init__(self, reference: Reference, size: int):
+    def __init__(self, reference: Reference, size: int, batch: int = 64):
         self.reference = reference
         self.size = size
-        self.filled = 0
+        self.batch = batch
+        self._filled = 0
         self._bins = np.zeros((size, len(STATISTICS)), dtype=np.intp)
         self._next = 0
         self._offsets = np.arange(len(STATISTICS)) * reference.bins
+        self._queued: list[np.ndarray] = []
+        self._queued_inputs = 0
+
+    @property
+    def filled(self) -> int:
+        """Inputs in the window, queued ones included (at most `size`)."""
+        return min(self.size, self._filled + self._queued_inputs)
 
     def add(self, images: np.ndarray) -> None:
-        bins = self.reference.bin_indices(statistics(images))[-self.size :]
+        """Queue 28x28 digits, as `statistics` takes them."""
+        images = np.asarray(images).reshape(-1, _SIZE, _SIZE)
+        self._queued.append(images)
+        self._queued_inputs += len(images)
+        if self._queued_inputs >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The queued inputs' bins into the ring buffer, in the order they came."""
+        queued, self._queued, self._queued_inputs = self._queued, [], 0
+        runs = itertools.groupby(queued, key=lambda images: images.dtype)  # uint8, float
+        stats = [statistics(np.concatenate(list(run))) for _, run in runs]
+        if not stats:
+            return
+        bins = self.reference.bin_indices(np.concatenate(stats))[-self.size :]
         end = self._next + len(bins)
         if end <= self.size:
             self._bins[self._next : end] = bins
@@ -176,17 +201,18 @@ class Window:
             rows = np.arange(self._next, end) % self.size
             self._bins[rows] = bins
         self._next = end % self.size
-        self.filled = min(self.size, self.filled + len(bins))
+        self._filled = min(self.size, self._filled + len(bins))
 
     def psi(self) -> dict[str, float]:
         """PSI per statistic over the inputs in the window ({} while it is empty)."""
-        if not self.filled:
+        self._flush()
+        if not self._filled:
             return {}
         bins = self.reference.bins
         counts = np.bincount(
-            (self._bins[: self.filled] + self._offsets).ravel(), minlength=len(STATISTICS) * bins
+            (self._bins[: self._filled] + self._offsets).ravel(), minlength=len(STATISTICS) * bins
         ).reshape(len(STATISTICS), bins)
-        scores = psi_rows(self.reference.expected, counts / self.filled)
+        scores = psi_rows(self.reference.expected, counts / self._filled)
         return dict(zip(STATISTICS, scores.tolist(), strict=True))
 
 
