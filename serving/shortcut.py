@@ -8,6 +8,10 @@ answers a well-formed upload itself: the body read in memory, the image decoded,
 classified on the API thread, the same JSON sent. Everything outside it still applies: the
 concurrency limit, BentoML's metrics and timeout, the body limit and the readiness check.
 
+It takes bodies of up to `max_body_bytes` (1 MiB: a digit's PNG is a few KB), whose length
+is declared, so that what it holds in memory per request stays small; larger or chunked
+bodies go to BentoML unread, which streams them to disk as before.
+
 It answers successes only. Anything else (another field, a form it cannot parse, an upload
 that is not a digit, a bug) goes on to BentoML's path with the body as it came, where the
 validation, the counting of refused digits, the log line and the error answer stay in their
@@ -29,6 +33,8 @@ from serving.traffic import APIThreads
 class PredictShortcut:
     """ASGI middleware: `POST route` with a multipart form of one file field, `field`,
     answered 200 with `answer(the file's bytes)`, computed on `threads`."""
+
+    max_body_bytes = 1 << 20
 
     def __init__(
         self,
@@ -62,8 +68,12 @@ class PredictShortcut:
     def _may_answer(self, scope: dict) -> bool:
         if scope["type"] != "http" or scope["path"] != self.route or scope["method"] != "POST":
             return False
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
-        return content_type.startswith(b"multipart/form-data") and not scope["query_string"]
+        headers = dict(scope["headers"])
+        if not headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            return False
+        length = headers.get(b"content-length", b"")
+        small = length.isdigit() and int(length) <= self.max_body_bytes
+        return small and not scope["query_string"]
 
     async def _answer(self, scope: dict, messages: list[dict]) -> bytes | None:
         """The answer's body, or None for BentoML's path to answer."""

@@ -65,8 +65,12 @@ def answer(data: bytes) -> bytes:
     return json.dumps({"label": 7, "thread": threading.current_thread().name}).encode()
 
 
-def scope(method: str = "POST", content_type: str = FORM, query: bytes = b"") -> dict:
+def scope(
+    method: str = "POST", content_type: str = FORM, query: bytes = b"", length: int | None = 300
+) -> dict:
     headers = [(b"content-type", content_type.encode())] if content_type else []
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
     return {
         "type": "http",
         "method": method,
@@ -154,8 +158,10 @@ def test_a_form_the_shortcut_does_not_answer_reaches_bentoml_as_it_came(body: by
         scope(method="PUT"),
         scope(query=b"layer=conv1"),
         {**scope(), "path": "/feature_maps"},
+        scope(length=None),
+        scope(length=PredictShortcut.max_body_bytes + 1),
     ],
-    ids=["json", "no-content-type", "put", "query-string", "other-route"],
+    ids=["json", "no-content-type", "put", "query-string", "other-route", "chunked", "large"],
 )
 def test_other_requests_go_straight_to_bentoml(request_scope: dict):
     body = form(("image", PNG_BYTES, "digit.png"))
