@@ -29,16 +29,34 @@ class SwallowsCtrlC:
         time.sleep(0.05)  # the handler runs here, inside __del__
 
 
+class CtrlCMidWork(Callback):
+    """Ctrl-C arrives in the middle of a callback's work, as in the middle of a database
+    write; `finished` says whether the work got to its end."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.stopped_at: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == CTRL_C_AT:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here
+            self.finished = True
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.stopped_at = trainer.global_step
+
+
 class CtrlCInAFinalizer(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == CTRL_C_AT:
             SwallowsCtrlC()  # made and finalized at once
 
 
-def fit(*callbacks: Callback) -> Trainer:
+def fit(*callbacks: Callback, first: Callback | None = None) -> Trainer:
     trainer = Trainer(
         max_steps=STEPS,
-        callbacks=[CtrlCInAFinalizer(), *callbacks],
+        callbacks=[first or CtrlCInAFinalizer(), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -59,7 +77,7 @@ def own_sigint():
     signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = hook
     with contextlib.suppress(KeyboardInterrupt):
-        raise_pending()
+        NoLostInterrupt().teardown(None, None, "fit")  # no longer deferring, nothing pending
 
 
 @pytest.fixture
@@ -82,6 +100,29 @@ def test_a_ctrl_c_in_a_finalizer_still_stops_training_and_prints_no_traceback(pr
     assert stopped.value.code == 1
     assert printed == []
     raise_pending()  # it was raised, and is not raised again
+
+
+def test_while_training_a_ctrl_c_waits_for_the_end_of_the_batch():
+    work = CtrlCMidWork()
+    guard = NoLostInterrupt()
+    with pytest.raises(SystemExit):
+        fit(guard, first=work)
+    assert work.finished  # not cut short where the Ctrl-C landed
+    assert work.stopped_at == CTRL_C_AT  # but stopped at the end of that batch
+    install()  # Lightning ignores SIGINT after its shutdown; the guard's handler again
+    with pytest.raises(KeyboardInterrupt):  # out of training: at once again
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_while_training_a_second_ctrl_c_raises_at_once():
+    install()
+    NoLostInterrupt().setup(None, None, "fit")
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the first: remembered only
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
 
 
 def test_after_install_ctrl_c_raises_as_python_does_and_a_swallowed_one_once_more():

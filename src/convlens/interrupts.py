@@ -10,6 +10,12 @@ process; `raise_pending` raises a remembered one again. Training calls it after 
 (`NoLostInterrupt`), where Lightning's own interrupt handling takes over, and a sweep before
 each trial. The swallowed one is not printed either: the user pressed Ctrl-C, and a
 traceback would say something had gone wrong.
+
+While a trainer runs, a first Ctrl-C is only remembered (`deferring`), and raised at the end
+of the batch: raised where it landed, it could cut a database call short, as a sweep's
+Ctrl-C test caught when it arrived in the middle of an Optuna write, whose connection then
+kept SQLite's lock and the interrupted sweep waited on it for minutes. A batch is milliseconds
+to a second; a second Ctrl-C raises at once, whatever is running.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ from typing import Any
 from pytorch_lightning import Callback
 
 _pending = threading.Event()
+_deferring = threading.Event()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    if _deferring.is_set() and not _pending.is_set():
+        _pending.set()
+        return
     _pending.set()
     raise KeyboardInterrupt
 
@@ -58,10 +68,19 @@ def raise_pending() -> None:
 
 
 class NoLostInterrupt(Callback):
-    """Every trainer gets one (`convlens.training.build_trainer`); nothing to configure."""
+    """Every trainer gets one (`convlens.training.build_trainer`); nothing to configure.
+    From set-up to teardown, a first Ctrl-C waits for the batch to end."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         install()
+        _deferring.set()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        _deferring.clear()
+        raise_pending()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        _deferring.clear()
 
     def _raise_pending(self, *args: Any) -> None:
         raise_pending()
