@@ -13,8 +13,9 @@ import time
 import pytest
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.demos.boring_classes import BoringModel
+from torch.utils.data import DataLoader, Dataset
 
-from convlens.interrupts import NoLostInterrupt, install, raise_pending
+from convlens.interrupts import NoLostInterrupt, ignore_in_worker, install, raise_pending
 
 STEPS = 40
 CTRL_C_AT = 5
@@ -133,6 +134,23 @@ def test_after_install_ctrl_c_raises_as_python_does_and_a_swallowed_one_once_mor
     with pytest.raises(KeyboardInterrupt):
         raise_pending()
     raise_pending()  # once only
+
+
+class WorkerPids(Dataset):
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> int:
+        return os.getpid()
+
+
+def test_dataloader_workers_leave_ctrl_c_to_the_main_process():
+    loader = DataLoader(WorkerPids(), batch_size=4, num_workers=1, worker_init_fn=ignore_in_worker)
+    batches = iter(loader)
+    worker = int(next(batches)[0])
+    os.kill(worker, signal.SIGINT)
+    time.sleep(0.5)
+    assert len(list(batches)) == 9  # the worker lived on and sent the rest
 
 
 def test_every_trainer_the_training_builds_has_the_guard():

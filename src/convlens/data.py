@@ -10,7 +10,7 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 
-from convlens import UserError
+from convlens import UserError, interrupts
 from convlens.augment import Augmentations
 from convlens.config import FEEDBACK_HOLDOUT_EVERY
 from convlens.preprocessing import normalize
@@ -223,6 +223,7 @@ class MNISTDataModule(LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
+            worker_init_fn=interrupts.ignore_in_worker,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -15,7 +15,8 @@ While a trainer runs, a first Ctrl-C is only remembered (`deferring`), and raise
 of the batch: raised where it landed, it could cut a database call short, as a sweep's
 Ctrl-C test caught when it arrived in the middle of an Optuna write, whose connection then
 kept SQLite's lock and the interrupted sweep waited on it for minutes. A batch is milliseconds
-to a second; a second Ctrl-C raises at once, whatever is running.
+to a second; a second Ctrl-C raises at once, whatever is running. DataLoader workers ignore
+Ctrl-C (`ignore_in_worker`): one that died of it would fail the main process's next fetch.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def raise_pending() -> None:
     if _pending.is_set():
         _pending.clear()
         raise KeyboardInterrupt
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """A DataLoader's `worker_init_fn`: Ctrl-C is the main process's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class NoLostInterrupt(Callback):
