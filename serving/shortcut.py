@@ -16,18 +16,26 @@ It answers successes only. Anything else (another field, a form it cannot parse,
 that is not a digit, a bug) goes on to BentoML's path with the body as it came, where the
 validation, the counting of refused digits, the log line and the error answer stay in their
 one home; such a request is read twice, which costs little next to what is wrong with it.
+A failure that is not the client's is logged as a warning, so that a bug here shows.
+
+Its answers carry the headers BentoML's would (JSON, its Server header) but not CORS headers:
+the service does not turn BentoML's CORS on (`http.cors` in BentoML's configuration).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from serving import errors
 from serving.middleware import send_json
 from serving.traffic import APIThreads
+
+logger = logging.getLogger("convlens.serving")
 
 
 class PredictShortcut:
@@ -93,7 +101,9 @@ class PredictShortcut:
                 return None
             data = await upload.read()
             return await self.threads.submit(lambda: self.answer(data))
-        except Exception:
+        except Exception as error:
+            if errors.answer(error).status >= 500:  # a bug, which the fallback would hide
+                logger.warning("/predict's shortcut failed; BentoML's path answers", exc_info=True)
             return None
         finally:
             await form.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from convlens.data import load_mnist
+from convlens.images import ImageError
 from serving.shortcut import PredictShortcut
 from serving.traffic import APIThreads
 
@@ -60,8 +62,10 @@ class BentoMLPath:
 
 
 def answer(data: bytes) -> bytes:
+    if data == b"a bug":
+        raise RuntimeError("the shortcut has a bug")
     if data != PNG_BYTES:
-        raise ValueError("not the digit")
+        raise ImageError("not the digit")
     return json.dumps({"label": 7, "thread": threading.current_thread().name}).encode()
 
 
@@ -167,6 +171,16 @@ def test_other_requests_go_straight_to_bentoml(request_scope: dict):
     body = form(("image", PNG_BYTES, "digit.png"))
     sent, inner = run(request_scope, [body])
     assert inner.bodies == [body] and sent[0]["status"] == 418
+
+
+def test_a_client_error_falls_back_quietly_and_a_bug_with_a_warning(caplog):
+    refused = form(("image", b"not a digit", "digit.png"))
+    bug = form(("image", b"a bug", "digit.png"))
+    with caplog.at_level(logging.WARNING, logger="convlens.serving"):
+        (_, quiet), (_, loud) = run(scope(), [refused]), run(scope(), [bug])
+    assert quiet.bodies == [refused] and loud.bodies == [bug]
+    [record] = caplog.records
+    assert "shortcut failed" in record.getMessage() and "has a bug" in record.exc_text
 
 
 def test_a_body_cut_short_reaches_bentoml_with_its_disconnect():
