@@ -5,17 +5,26 @@ garbage collector runs SQLAlchemy's weakref callbacks in a sweep."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import time
 
+import numpy as np
 import pytest
-from pytorch_lightning import Callback, Trainer
+from lightning_fabric.utilities.seed import pl_worker_init_function
+from pytorch_lightning import Callback, Trainer, seed_everything
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch.utils.data import DataLoader, Dataset
 
-from convlens.interrupts import NoLostInterrupt, ignore_in_worker, install, raise_pending
+from convlens.interrupts import (
+    STOPPING,
+    NoLostInterrupt,
+    ignore_in_worker,
+    install,
+    raise_pending,
+)
 
 STEPS = 40
 CTRL_C_AT = 5
@@ -116,11 +125,12 @@ def test_while_training_a_ctrl_c_waits_for_the_end_of_the_batch():
         time.sleep(1)
 
 
-def test_while_training_a_second_ctrl_c_raises_at_once():
+def test_while_training_a_second_ctrl_c_raises_at_once(capfd):
     install()
     NoLostInterrupt().setup(None, None, "fit")
     os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.05)  # the first: remembered only
+    time.sleep(0.05)  # the first: remembered only, and said
+    assert capfd.readouterr().err.strip() == STOPPING.decode().strip()
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
@@ -153,6 +163,23 @@ def test_dataloader_workers_leave_ctrl_c_to_the_main_process():
     assert len(list(batches)) == 9  # the worker lived on and sent the rest
 
 
+class RandomNumbers(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        return int(np.random.randint(1 << 30))
+
+
+def test_dataloader_workers_are_seeded_as_lightning_would_seed_them():
+    def draws(worker_init_fn) -> list[int]:
+        seed_everything(7, workers=True)
+        loader = DataLoader(RandomNumbers(), num_workers=2, worker_init_fn=worker_init_fn)
+        return [int(x) for x in loader]
+
+    assert draws(ignore_in_worker) == draws(functools.partial(pl_worker_init_function, rank=0))
+
+
 def test_every_trainer_the_training_builds_has_the_guard():
     from omegaconf import OmegaConf
 
@@ -162,3 +189,4 @@ def test_every_trainer_the_training_builds_has_the_guard():
     cfg = OmegaConf.create({"trainer": trainer_cfg, "callbacks": {}, "logger": {}})
     trainer = build_trainer(cfg)
     assert sum(isinstance(c, NoLostInterrupt) for c in trainer.callbacks) == 1
+    assert isinstance(trainer.callbacks[0], NoLostInterrupt)  # its on_exception runs first

@@ -21,20 +21,28 @@ Ctrl-C (`ignore_in_worker`): one that died of it would fail the main process's n
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
 from typing import Any
 
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning import Callback
 
 _pending = threading.Event()
 _deferring = threading.Event()
 
 
+STOPPING = b"\nCtrl-C: stopping at the end of this batch (Ctrl-C again to stop at once)\n"
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     if _deferring.is_set() and not _pending.is_set():
         _pending.set()
+        with contextlib.suppress(OSError):
+            os.write(2, STOPPING)  # the terminal's stderr, whatever sys.stderr is now
         return
     _pending.set()
     raise KeyboardInterrupt
@@ -69,8 +77,12 @@ def raise_pending() -> None:
 
 
 def ignore_in_worker(worker_id: int) -> None:
-    """A DataLoader's `worker_init_fn`: Ctrl-C is the main process's to handle."""
+    """A DataLoader's `worker_init_fn`: Ctrl-C is the main process's to handle. The worker is
+    also seeded as `seed_everything(workers=True)` asks, which Lightning does itself only for
+    a loader without a `worker_init_fn`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
 
 
 class NoLostInterrupt(Callback):

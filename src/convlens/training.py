@@ -53,9 +53,12 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
             loggers.append(instantiate(logger_cfg, artifact_location=location))
         else:
             loggers.append(instantiate(logger_cfg))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # First: its `on_exception` runs even when a later callback's fails.
+    callbacks = [
+        NoLostInterrupt(),
+        *(instantiate(c) for c in (cfg.get("callbacks") or {}).values()),
+    ]
     callbacks.extend(extra_callbacks)  # e.g. the sweep's report to its Optuna trial
-    callbacks.append(NoLostInterrupt())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
