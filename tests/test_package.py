@@ -8,6 +8,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
@@ -34,6 +35,7 @@ SERVING_MODULES = {
     "serving/schemas.py",
     "serving/service.py",
     "serving/settings.py",
+    "serving/shortcut.py",
     "serving/traffic.py",
     "serving/ui_app.py",
     "convlens/__init__.py",
@@ -129,6 +131,28 @@ def test_bento_holds_only_the_serving_code(packaged):
     for module in modules:
         imported = imported_on_import((src / module).read_text())
         assert not imported & set(TRAINING_LIBRARIES), (module, imported & set(TRAINING_LIBRARIES))
+
+
+def test_the_bentos_own_code_imports_the_service(packaged, tmp_path):
+    """The service imported from the Bento's files alone: every module of this repo that it
+    loads comes from the Bento, so a file left out of `bentofile.yaml` fails here."""
+    src = packaged.bento_dir / "src"
+    code = (
+        "import sys; sys.path.insert(0, '.'); import serving.service; "
+        "print([m.__file__ for n, m in sys.modules.items() "
+        "if n.split('.')[0] in ('serving', 'convlens')])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=src,
+        env=bentoml_env(tmp_path / "bentoml"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert files and all(Path(f).is_relative_to(src) for f in files), files
 
 
 def imported_on_import(text: str) -> set[str]:
