@@ -6,9 +6,8 @@ This module is the service class and nothing else; its parts live beside it: set
 (`serving.settings`), the model (`serving.loading`), running it on an upload
 (`serving.inference`), the look-inside answers (`serving.insights`), `model_card`,
 `monitoring`, `feedback_intake`, shapes (`serving.schemas`, `serving.rendering`), errors
-(`serving.errors`), request flow (`serving.traffic`, `serving.middleware`, and
-`serving.shortcut` for /predict), the OpenAPI document (`serving.openapi`) and BentoML
-workarounds (`serving.bentoml_private`, applied below).
+(`serving.errors`), the layers around the API (`serving.request_flow`, installed below), the
+OpenAPI document (`serving.openapi`) and BentoML workarounds (`serving.bentoml_private`).
 
 Without a usable model (none in the store, weights that fail the check) the service still
 starts, and `/readyz` and every API answer 503 with the reason, so the failure is visible from
@@ -29,17 +28,10 @@ from PIL import Image
 
 from convlens.artifact import MODEL_ENV
 from convlens.model import ConvNet
-from serving import bentoml_private, insights, model_card, monitoring
+from serving import bentoml_private, insights, model_card, monitoring, request_flow
 from serving.errors import client_error
 from serving.feedback_intake import FeedbackIntake
-from serving.inference import (
-    check_layer,
-    class_probabilities,
-    prediction,
-    prediction_json,
-    upload_digit,
-    warm_up,
-)
+from serving.inference import check_layer, class_probabilities, prediction, upload_digit, warm_up
 from serving.loading import (
     MODEL_STATUS,
     LoadedModel,
@@ -48,8 +40,7 @@ from serving.loading import (
     limit_torch_threads,
     open_model,
 )
-from serving.middleware import JSONErrors, SpreadConnections
-from serving.openapi import SERVICE_DESCRIPTION, openapi_json
+from serving.openapi import SERVICE_DESCRIPTION
 from serving.rendering import png_response
 from serving.schemas import (
     PNG,
@@ -75,8 +66,7 @@ from serving.schemas import (
     TopPatches,
 )
 from serving.settings import CONFIG
-from serving.shortcut import PredictShortcut
-from serving.traffic import Admission, APIThreads
+from serving.traffic import APIThreads
 from serving.ui_app import ui_app
 
 logger = logging.getLogger("convlens.serving")
@@ -287,23 +277,4 @@ class ConvLens:
         return model_card.model_info(self.model, self.limits)
 
 
-ConvLens.add_asgi_middleware(
-    JSONErrors,
-    routes=bentoml_private.api_routes(ConvLens),
-    max_body_bytes=CONFIG.max_request_bytes,
-    status=MODEL_STATUS,
-    openapi=openapi_json(ConvLens, MODEL_STATUS),
-)
-ConvLens.add_asgi_middleware(SpreadConnections, every=CONFIG.requests_per_connection)
-ConvLens.add_asgi_middleware(
-    PredictShortcut,
-    route="/predict",
-    field="image",
-    answer=lambda data: prediction_json(MODEL_STATUS.model, data, CONFIG.image_limits),
-    threads=api_threads,
-    headers=[bentoml_private.server_header(ConvLens)],
-)
-bentoml_private.wrap_app(
-    ConvLens,
-    lambda app: Admission(app, bentoml_private.api_routes(ConvLens), CONFIG.max_in_flight),
-)
+request_flow.install(ConvLens, api_threads)

@@ -32,6 +32,7 @@ SERVING_MODULES = {
     "serving/model_card.py",
     "serving/openapi.py",
     "serving/rendering.py",
+    "serving/request_flow.py",
     "serving/schemas.py",
     "serving/service.py",
     "serving/settings.py",
@@ -137,21 +138,12 @@ def test_the_bentos_own_code_imports_the_service(packaged, tmp_path):
     """The service imported from the Bento's files alone: every module of this repo that it
     loads comes from the Bento, so a file left out of `bentofile.yaml` fails here."""
     src = packaged.bento_dir / "src"
-    code = (
-        "import sys; sys.path.insert(0, '.'); import serving.service; "
+    listing = (
+        "sys.path.insert(0, '.'); import serving.service; "
         "print([m.__file__ for n, m in sys.modules.items() "
         "if n.split('.')[0] in ('serving', 'convlens')])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=src,
-        env=bentoml_env(tmp_path / "bentoml"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    files = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    files = ast.literal_eval(import_in_a_fresh_process(listing, src, tmp_path))
     assert files and all(Path(f).is_relative_to(src) for f in files), files
 
 
@@ -204,20 +196,24 @@ def test_bento_installs_the_locked_versions_the_tests_run_with(packaged):
 
 def test_serving_imports_no_training_library(tmp_path):
     """What the Bento leaves out must not be needed: import the service in a fresh process."""
-    code = (
-        "import sys, serving.service; "
-        f"print([m for m in {TRAINING_LIBRARIES!r} if m in sys.modules])"
-    )
+    loaded = "import serving.service; "
+    loaded += f"print([m for m in {TRAINING_LIBRARIES!r} if m in sys.modules])"
+    assert import_in_a_fresh_process(loaded, REPO, tmp_path) == "[]"
+
+
+def import_in_a_fresh_process(code: str, cwd: Path, tmp_path: Path) -> str:
+    """The last line `import sys; <code>` prints, run by a new Python in `cwd` with a BentoML
+    home of its own."""
     result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
+        [sys.executable, "-c", f"import sys; {code}"],
+        cwd=cwd,
         env=bentoml_env(tmp_path / "bentoml"),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    return result.stdout.strip().splitlines()[-1]
 
 
 def test_bento_records_the_model_it_serves_for_containers(packaged):

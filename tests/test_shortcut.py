@@ -5,7 +5,6 @@ HTTP the two paths give the same answer. Its speed is `make bench`'s (`benchmark
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import threading
@@ -13,14 +12,12 @@ from pathlib import Path
 
 import bentoml
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from convlens.data import load_mnist
 from convlens.images import ImageError
 from serving.shortcut import PredictShortcut
 from serving.traffic import APIThreads
+from tests.harness import digit_png
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -206,21 +203,17 @@ def test_the_service_shortcuts_its_predict_api_innermost():
 
 
 @pytest.fixture(scope="module")
-def digit_png(mnist_root: Path) -> bytes:
-    images, labels = load_mnist(str(mnist_root), train=False, download=False)
-    first_seven = int(np.flatnonzero(labels.numpy() == 7)[0])
-    buffer = io.BytesIO()
-    Image.fromarray(images[first_seven].numpy()).save(buffer, format="PNG")
-    return buffer.getvalue()
+def seven_png(mnist_root: Path) -> bytes:
+    return digit_png(0, mnist_root)  # MNIST test image 0 is a 7
 
 
-def test_both_paths_answer_the_same_bytes(served: str, digit_png: bytes):
+def test_both_paths_answer_the_same_bytes(served: str, seven_png: bytes):
     """An extra text field, which BentoML ignores, sends the upload down BentoML's path."""
     with httpx.Client(base_url=served, timeout=60) as http:
-        shortcut = http.post("/predict", files={"image": ("d.png", digit_png, "image/png")})
+        shortcut = http.post("/predict", files={"image": ("d.png", seven_png, "image/png")})
         bentoml_path = http.post(
             "/predict",
-            files={"image": ("d.png", digit_png, "image/png")},
+            files={"image": ("d.png", seven_png, "image/png")},
             data={"note": "sent down BentoML's path"},
         )
     assert shortcut.status_code == bentoml_path.status_code == 200
@@ -231,10 +224,10 @@ def test_both_paths_answer_the_same_bytes(served: str, digit_png: bytes):
 
 
 def test_bentomls_python_client_predicts_as_the_readme_shows(
-    served: str, digit_png: bytes, tmp_path: Path
+    served: str, seven_png: bytes, tmp_path: Path
 ):
     image = tmp_path / "digit.png"
-    image.write_bytes(digit_png)
+    image.write_bytes(seven_png)
     with bentoml.SyncHTTPClient(served) as client:
         result = client.predict(image=image)
     assert result["label"] == 7
