@@ -73,6 +73,21 @@ def server_header(service: Any) -> tuple[bytes, bytes]:
     return b"server", f"BentoML Service/{service.name}".encode()
 
 
+def answer_media_types(service: Any) -> None:
+    """Say once what media type each API of `service` answers with.
+
+    For an answer annotated as a root type (`list[Prediction]`, `dict[str, Any]`), BentoML's
+    `IOMixin.mime_type` finds out that it is JSON on every answer, by building a pydantic
+    `TypeAdapter` and its JSON schema: 0.24 ms of the event loop per `/predict_batch` answer, 5%
+    of its time there. Setting `media_type` to the value it computes ends that, and changes
+    no answer.
+    """
+    for method in service.apis.values():
+        spec = method.output_spec
+        if spec.media_type is None:
+            spec.media_type = spec.mime_type()
+
+
 class QuietClientErrors(logging.Filter):
     """BentoML logs every exception an API raises at ERROR with a traceback; a client's bad
     input is not a server fault, so it becomes one INFO line."""

@@ -278,3 +278,4 @@ class ConvLens:
 
 
 request_flow.install(ConvLens, api_threads)
+bentoml_private.answer_media_types(ConvLens)

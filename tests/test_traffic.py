@@ -10,6 +10,8 @@ import json
 import threading
 import time
 
+import pytest
+
 from serving.traffic import REFUSED, Admission, APIThreads
 
 
@@ -142,3 +144,17 @@ def test_the_service_app_is_wrapped_by_admission_outside_bentoml():
     assert app.limit == CONFIG.threads * CONFIG.max_in_flight_per_thread
     assert "/predict" in app.routes and "/readyz" not in app.routes
     assert type(app.app).__name__ == "Starlette"  # BentoML's whole app, middleware and all
+
+
+def test_every_api_knows_its_answer_media_type_without_building_a_json_schema(monkeypatch):
+    from serving.service import ConvLens
+
+    def built(*args, **kwargs):
+        pytest.fail("an answer's media type was found by building its JSON schema")
+
+    found = {}
+    for name, method in ConvLens.apis.items():
+        monkeypatch.setattr(method.output_spec, "model_json_schema", built)
+        found[name] = method.output_spec.mime_type()
+    assert found["predict_batch"] == found["model_info"] == found["predict"] == "application/json"
+    assert found["preprocessed"] == "image/png"
