@@ -149,11 +149,22 @@ def summarize(rounds: list[dict]) -> dict:
 
 
 def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dict:
-    """The service alone: `/predict` at 1 client (unloaded), then at twice its capacity."""
+    """The service alone: `/predict` at 1 client (unloaded), then at twice its capacity.
+
+    Also what the closed loop itself allows (Little's law): `clients` requests always
+    outstanding on `cores` CPUs that the generator and the server share, at `g + s` CPU
+    seconds per request between them, take `clients * (g + s) / cores` on average at best.
+    So a mean of 10 ms, let alone a p99, needs `g + s` within `10 ms * cores / clients`
+    (`cpu_us_per_request_for_10_ms`), whatever else the server does."""
     unloaded = load(f"{server.url}/predict", bodies["predict"], 1, seconds)
     time.sleep(1)
+    before = cpu_seconds(server)
     loaded = load(f"{server.url}/predict", bodies["predict"], 2 * capacity, seconds)
+    server_cpu = cpu_seconds(server) - before
     time.sleep(1)
+    cores = len(os.sched_getaffinity(0))
+    generator_us = loaded["cpu_ms_per_request"] * 1000
+    server_us = server_cpu * 1e6 / max(1, loaded["requests"])
     by_status = loaded["latency_ms_by_status"]
     refused = by_status.get("429") or by_status.get("503") or {}
     accepted = by_status.get("200") or {}
@@ -168,6 +179,13 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
         "unloaded_ms": unloaded["latency_ms"],
         "accepted_p99_vs_unloaded": round(accepted["p99"] / base, 2) if accepted else None,
         "ok_per_s": round(loaded["statuses"].get("200", 0) / loaded["seconds"], 1),
+        "requests_per_s": loaded["requests_per_s"],
+        "cores": cores,
+        "generator_cpu_us_per_request": round(generator_us, 1),
+        "server_cpu_us_per_request": round(server_us, 1),
+        "cpu_us_per_request_for_10_ms": round(10_000 * cores / (2 * capacity), 1),
+        "mean_ms_at_best": round(2 * capacity * (generator_us + server_us) / cores / 1000, 2),
+        "mean_ms": round(2 * capacity / loaded["requests_per_s"] * 1000, 2),
     }
 
 
