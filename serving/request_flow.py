@@ -22,13 +22,14 @@ from serving.middleware import JSONErrors, SpreadConnections
 from serving.openapi import openapi_json
 from serving.settings import CONFIG
 from serving.shortcut import PredictShortcut
-from serving.traffic import Admission, APIThreads
+from serving.traffic import Admission, APIThreads, InFlight
 
 
 def install(service: Any, api_threads: APIThreads) -> None:
     """Add the layers above to `service`, innermost last (BentoML adds its middlewares in
     order, outside in)."""
     routes = bentoml_private.api_routes(service)
+    held = InFlight()  # this worker's, counted at the door
     service.add_asgi_middleware(
         JSONErrors,
         routes=routes,
@@ -43,6 +44,9 @@ def install(service: Any, api_threads: APIThreads) -> None:
         field="image",
         answer=lambda data: prediction_json(MODEL_STATUS.model, data, CONFIG.image_limits),
         threads=api_threads,
+        held=held,
         headers=[bentoml_private.server_header(service)],
     )
-    bentoml_private.wrap_app(service, lambda app: Admission(app, routes, CONFIG.max_in_flight))
+    bentoml_private.wrap_app(
+        service, lambda app: Admission(app, routes, CONFIG.max_in_flight, held)
+    )

@@ -12,6 +12,14 @@ It takes bodies of up to `max_body_bytes` (1 MiB: a digit's PNG is a few KB), wh
 is declared, so that what it holds in memory per request stays small; larger or chunked
 bodies go to BentoML unread, which streams them to disk as before.
 
+Where it classifies: on the API thread, like every API, unless the request is the worker's
+only one and the image is small (at most `inline_pixels`, read from its header). Then the
+event loop classifies it itself: nothing else waits for the loop, and the hand-off to the
+thread and back costs more than it frees (one worker, one client: 12% less CPU and 18-30%
+more requests a second; BENCHMARKS.md). With two requests or more in the worker, every one
+takes the API thread, so refusals and health checks are answered while it computes; and a
+large image, which takes up to 0.4 s to decode, never holds the loop.
+
 It answers successes only. Anything else (another field, a form it cannot parse, an upload
 that is not a digit, a bug) goes on to BentoML's path with the body as it came, where the
 validation, the counting of refused digits, the log line and the error answer stay in their
@@ -31,18 +39,21 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from convlens.images import header_pixels
 from serving import errors
 from serving.middleware import send_json
-from serving.traffic import APIThreads
+from serving.traffic import APIThreads, InFlight
 
 logger = logging.getLogger("convlens.serving")
 
 
 class PredictShortcut:
     """ASGI middleware: `POST route` with a multipart form of one file field, `field`,
-    answered 200 with `answer(the file's bytes)`, computed on `threads`."""
+    answered 200 with `answer(the file's bytes)`, computed on `threads` or, for a small image
+    while `held` counts no other request, on the event loop."""
 
     max_body_bytes = 1 << 20
+    inline_pixels = 512 * 512  # decoded and classified in about 2 ms (a 280x280 drawing: 0.7)
 
     def __init__(
         self,
@@ -51,6 +62,7 @@ class PredictShortcut:
         field: str,
         answer: Callable[[bytes], bytes],
         threads: APIThreads,
+        held: InFlight,
         headers: list[tuple[bytes, bytes]],
     ):
         self.app = app
@@ -58,6 +70,7 @@ class PredictShortcut:
         self.field = field
         self.answer = answer
         self.threads = threads
+        self.held = held
         self.headers = headers
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -100,6 +113,8 @@ class PredictShortcut:
             if not isinstance(upload, UploadFile):
                 return None
             data = await upload.read()
+            if self._on_the_loop(data):
+                return self.answer(data)
             return await self.threads.submit(lambda: self.answer(data))
         except Exception as error:
             if errors.answer(error).status >= 500:  # a bug, which the fallback would hide
@@ -107,6 +122,12 @@ class PredictShortcut:
             return None
         finally:
             await form.close()
+
+    def _on_the_loop(self, data: bytes) -> bool:
+        if self.held.count > 1:
+            return False
+        pixels = header_pixels(data)
+        return pixels is not None and pixels <= self.inline_pixels
 
 
 def _replay(messages: list[dict], receive: Any) -> Callable[[], Any]:

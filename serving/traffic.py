@@ -36,15 +36,23 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class InFlight:
+    """The API requests a worker holds, running or waiting: counted by `Admission` at the
+    door, read by `serving.shortcut` to tell when a request is the worker's only one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class Admission:
     """ASGI wrapper around the whole app: at most `limit` API requests in flight in this
     worker; more are answered 429 in the one error shape at once, their bodies unread."""
 
-    def __init__(self, app: Any, routes: Collection[str], limit: int):
+    def __init__(self, app: Any, routes: Collection[str], limit: int, held: InFlight | None = None):
         self.app = app
         self.routes = frozenset(routes)
         self.limit = limit
-        self.in_flight = 0
+        self.held = held if held is not None else InFlight()
         row = answer(TooManyRequests())
         body = json.dumps({"error": REFUSED}).encode()
         headers = [
@@ -59,15 +67,19 @@ class Admission:
         if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if self.held.count >= self.limit:
             await send(self._start)
             await send(self._body)
             return
-        self.in_flight += 1
+        self.held.count += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.held.count -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self.held.count
 
 
 class APIThreads:

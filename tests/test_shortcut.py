@@ -5,6 +5,7 @@ HTTP the two paths give the same answer. Its speed is `make bench`'s (`benchmark
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -13,10 +14,11 @@ from pathlib import Path
 import bentoml
 import httpx
 import pytest
+from PIL import Image
 
 from convlens.images import ImageError
 from serving.shortcut import PredictShortcut
-from serving.traffic import APIThreads
+from serving.traffic import APIThreads, InFlight
 from tests.harness import digit_png
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -81,15 +83,29 @@ def scope(
     }
 
 
-def run(scope: dict, chunks: list[bytes], disconnect: bool = False):
-    """The shortcut over a fake BentoML path: (what was sent back, the path)."""
+def thread_name(data: bytes) -> bytes:
+    return json.dumps({"thread": threading.current_thread().name}).encode()
+
+
+def png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run(scope: dict, chunks: list[bytes], disconnect: bool = False, alone: bool = False, **kw):
+    """The shortcut over a fake BentoML path: (what was sent back, the path). Unless `alone`,
+    the worker holds another request besides this one."""
     inner = BentoMLPath()
+    held = InFlight()
+    held.count = 1 if alone else 2
     shortcut = PredictShortcut(
         inner,
         route="/predict",
         field="image",
-        answer=answer,
+        answer=kw.get("answer", answer),
         threads=APIThreads(1),
+        held=held,
         headers=[(b"server", b"BentoML Service/convlens")],
     )
     messages = [
@@ -122,6 +138,24 @@ def test_a_well_formed_upload_is_answered_by_the_shortcut_on_the_api_thread():
     assert int(headers[b"content-length"]) == len(content["body"])
     answered = json.loads(content["body"])
     assert answered["label"] == 7 and answered["thread"].startswith("convlens-api")
+
+
+def test_a_small_upload_that_is_the_workers_only_request_is_classified_on_the_event_loop():
+    body = form(("image", png(28), "digit.png"))
+    sent, _ = run(scope(), [body], alone=True, answer=thread_name)
+    assert json.loads(sent[1]["body"])["thread"] == threading.current_thread().name
+
+
+def test_beside_another_request_a_small_upload_is_classified_on_the_api_thread():
+    body = form(("image", png(28), "digit.png"))
+    sent, _ = run(scope(), [body], alone=False, answer=thread_name)
+    assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
+
+
+def test_a_large_image_is_classified_on_the_api_thread_even_alone():
+    side = int(PredictShortcut.inline_pixels**0.5) + 1
+    sent, _ = run(scope(), [form(("image", png(side), "big.png"))], alone=True, answer=thread_name)
+    assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,16 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height as the image's header gives them (~10 us, nothing decoded), or None
+    when no supported decoder reads the header: what decoding `data` would cost, known first."""
+    try:
+        width, height = Image.open(io.BytesIO(data), formats=FORMATS).size
+    except Exception:  # as in `_open`: a malformed header can raise anything
+        return None
+    return width * height
+
+
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     """Read only the header, with the decoders limited to `FORMATS`."""
     try:
