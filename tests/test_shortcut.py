@@ -152,6 +152,15 @@ def test_beside_another_request_a_small_upload_is_classified_on_the_api_thread()
     assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
 
 
+def test_an_upload_refused_on_the_event_loop_reaches_bentoml_as_it_came():
+    def no_digit(data: bytes) -> bytes:
+        raise ImageError("no digit in the image")
+
+    body = form(("image", png(28), "blank.png"))
+    sent, inner = run(scope(), [body], alone=True, answer=no_digit)
+    assert inner.bodies == [body] and sent[0]["status"] == 418
+
+
 def test_a_large_image_is_classified_on_the_api_thread_even_alone():
     side = int(PredictShortcut.inline_pixels**0.5) + 1
     sent, _ = run(scope(), [form(("image", png(side), "big.png"))], alone=True, answer=thread_name)
@@ -231,6 +240,13 @@ def test_the_service_shortcuts_its_predict_api_innermost():
     api = ConvLens.apis["predict"]
     assert options["route"] == api.route
     assert list(api.input_spec.model_fields) == [options["field"]]
+
+
+def test_the_shortcut_reads_the_count_the_door_keeps():
+    from serving.service import ConvLens
+
+    _, options = ConvLens.middlewares[-1]
+    assert options["held"] is ConvLens.to_asgi().held
 
 
 # ------------------------------------------------------------------ over HTTP
