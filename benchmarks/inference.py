@@ -170,6 +170,20 @@ def check_activations(net: ConvNet, frozen_acts, layers: list[str]) -> dict:
     }
 
 
+def measure(fn, batch: torch.Tensor, single: torch.Tensor, reference, seconds: float) -> dict:
+    build = time.perf_counter()
+    out = fn(batch)  # first call: builds compiled code where there is any
+    build = time.perf_counter() - build
+    sustained, best = throughput(fn, batch, seconds)
+    return {
+        "batch64_images_per_s": round(sustained, 1),
+        "batch64_best_images_per_s": round(best, 1),
+        "batch1": latency(fn, single, seconds / 2),  # a second build for compiled code
+        "max_abs_diff_vs_eager": round(float((out.detach().float() - reference).abs().max()), 7),
+        "first_call_s": round(build, 3),
+    }
+
+
 def run(seconds: float, compile_too: bool, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -184,25 +198,12 @@ def run(seconds: float, compile_too: bool, threads: int | None) -> dict:
         reference = net(batch)
     result = {"threads": torch.get_num_threads(), "variants": {}}
     for name, fn in found.items():
-        build = time.perf_counter()
         try:
-            out = fn(batch)  # first call: builds compiled code where there is any
+            result["variants"][name] = measure(fn, batch, single, reference, seconds)
         except Exception as error:  # inductor without a C++ compiler, for one
             if name != "compiled":
                 raise
             result["variants"][name] = {"error": f"{type(error).__name__}: {error}"[:300]}
-            continue
-        build = time.perf_counter() - build
-        sustained, best = throughput(fn, batch, seconds)
-        result["variants"][name] = {
-            "batch64_images_per_s": round(sustained, 1),
-            "batch64_best_images_per_s": round(best, 1),
-            "batch1": latency(fn, single, seconds / 2),
-            "max_abs_diff_vs_eager": round(
-                float((out.detach().float() - reference).abs().max()), 7
-            ),
-            "first_call_s": round(build, 3),
-        }
     base = result["variants"]["eager_nchw_default"]["batch64_images_per_s"]
     no_grad = result["variants"]["eager_nchw_no_grad"]["batch64_images_per_s"]
     measured = [v for v in result["variants"].values() if "error" not in v]

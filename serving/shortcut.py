@@ -5,20 +5,22 @@ loop's time in BentoML's path around the API method: the form parsed into its in
 the upload written to a temporary file and read back, the request context, the routing, the
 output model and its response. `PredictShortcut`, the innermost of the service's middlewares,
 answers a well-formed upload itself: the body read in memory, the image decoded, the digit
-classified on the API thread, the same JSON sent. Everything outside it still applies: the
-concurrency limit, BentoML's metrics and timeout, the body limit and the readiness check.
+classified (on the API thread, or on the event loop as below), the same JSON sent.
+Everything outside it still applies: the concurrency limit, BentoML's metrics and timeout,
+the body limit and the readiness check.
 
 It takes bodies of up to `max_body_bytes` (1 MiB: a digit's PNG is a few KB), whose length
 is declared, so that what it holds in memory per request stays small; larger or chunked
 bodies go to BentoML unread, which streams them to disk as before.
 
 Where it classifies: on the API thread, like every API, unless the request is the worker's
-only one and the image is small (at most `inline_pixels`, read from its header). Then the
-event loop classifies it itself: nothing else waits for the loop, and the hand-off to the
-thread and back costs more than it frees (one worker, one client: 12% less CPU and 18-30%
-more requests a second; BENCHMARKS.md). With two requests or more in the worker, every one
-takes the API thread, so refusals and health checks are answered while it computes; and a
-large image, which takes up to 0.4 s to decode, never holds the loop.
+only one and the upload is small: at most `inline_bytes` (a digit's PNG is 0.2-8 KB), and at
+most `inline_pixels` by its header. Then the event loop classifies it itself: nothing else
+waits for the loop, and the hand-off to the thread and back costs more than it frees (one
+worker, one client: up to a fifth more requests a second; BENCHMARKS.md). With two requests
+or more in the worker, every one takes the API thread, so refusals and health checks are
+answered while it computes. The two sizes bound what the loop decodes: a 4096x4096 PNG takes
+0.16-0.38 s, and a small file can still hold many compressed chunks or JPEG scans.
 
 It answers successes only. Anything else (another field, a form it cannot parse, an upload
 that is not a digit, a bug) goes on to BentoML's path with the body as it came, where the
@@ -53,6 +55,7 @@ class PredictShortcut:
     while `held` counts no other request, on the event loop."""
 
     max_body_bytes = 1 << 20
+    inline_bytes = 16 * 1024
     inline_pixels = 512 * 512  # decoded and classified in about 2 ms (a 280x280 drawing: 0.7)
 
     def __init__(
@@ -124,7 +127,7 @@ class PredictShortcut:
             await form.close()
 
     def _on_the_loop(self, data: bytes) -> bool:
-        if self.held.count > 1:
+        if self.held.count != 1 or len(data) > self.inline_bytes:  # 0: nothing counts here
             return False
         pixels = header_pixels(data)
         return pixels is not None and pixels <= self.inline_pixels

@@ -98,7 +98,7 @@ def run(scope: dict, chunks: list[bytes], disconnect: bool = False, alone: bool 
     the worker holds another request besides this one."""
     inner = BentoMLPath()
     held = InFlight()
-    held.count = 1 if alone else 2
+    held.count = kw.get("count", 1 if alone else 2)
     shortcut = PredictShortcut(
         inner,
         route="/predict",
@@ -153,17 +153,35 @@ def test_beside_another_request_a_small_upload_is_classified_on_the_api_thread()
 
 
 def test_an_upload_refused_on_the_event_loop_reaches_bentoml_as_it_came():
+    threads = []
+
     def no_digit(data: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
         raise ImageError("no digit in the image")
 
     body = form(("image", png(28), "blank.png"))
     sent, inner = run(scope(), [body], alone=True, answer=no_digit)
+    assert threads == [threading.current_thread().name]
     assert inner.bodies == [body] and sent[0]["status"] == 418
 
 
 def test_a_large_image_is_classified_on_the_api_thread_even_alone():
     side = int(PredictShortcut.inline_pixels**0.5) + 1
     sent, _ = run(scope(), [form(("image", png(side), "big.png"))], alone=True, answer=thread_name)
+    assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
+
+
+def test_a_large_file_is_classified_on_the_api_thread_even_alone():
+    buffer = io.BytesIO()
+    Image.effect_noise((128, 128), 64).save(buffer, "PNG")  # noise: little compression
+    data = buffer.getvalue()
+    assert len(data) > PredictShortcut.inline_bytes
+    sent, _ = run(scope(), [form(("image", data, "noise.png"))], alone=True, answer=thread_name)
+    assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
+
+
+def test_a_shortcut_whose_requests_nobody_counts_never_holds_the_loop():
+    sent, _ = run(scope(), [form(("image", png(28), "digit.png"))], answer=thread_name, count=0)
     assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")
 
 

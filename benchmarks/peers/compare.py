@@ -155,7 +155,9 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
     outstanding on `cores` CPUs that the generator and the server share, at `g + s` CPU
     seconds per request between them, take `clients * (g + s) / cores` on average at best.
     So a mean of 10 ms, let alone a p99, needs `g + s` within `10 ms * cores / clients`
-    (`cpu_us_per_request_for_10_ms`), whatever else the server does."""
+    (`cpu_us_per_request_for_10_ms`), whatever else the server does. Slightly generous to the
+    server: its CPU includes the requests still unanswered at the end, which are not counted,
+    and `cores` are those this process may use, which the servers share."""
     unloaded = load(f"{server.url}/predict", bodies["predict"], 1, seconds)
     time.sleep(1)
     before = cpu_seconds(server)
