@@ -149,8 +149,7 @@ def goals(r: dict) -> list[dict]:
             fraction,
             fraction is not None and fraction >= 0.85,
             f"torch.compile {compiled.get('gflop_per_s', compiled.get('error', 'not run'))} "
-            f"GFLOP/s of "
-            f"{get(inf, 'gemm_peak_gflop_per_s.best')} measured; bfloat16 (not counted) "
+            f"GFLOP/s of {get(inf, 'gemm_peak_gflop_per_s.best')} measured; bfloat16 (not counted) "
             f"{get(inf, 'variants.bf16_channels_last.fraction_of_gemm_peak')}",
         )
         row(

@@ -5,7 +5,6 @@ HTTP the two paths give the same answer. Its speed is `make bench`'s (`benchmark
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import threading
@@ -13,13 +12,13 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import numpy as np
 import pytest
-from PIL import Image
 
 from convlens.images import ImageError
 from serving.shortcut import PredictShortcut
 from serving.traffic import APIThreads, InFlight
-from tests.harness import digit_png
+from tests.harness import digit_png, png_bytes
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -88,9 +87,7 @@ def thread_name(data: bytes) -> bytes:
 
 
 def png(side: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (side, side)).save(buffer, "PNG")
-    return buffer.getvalue()
+    return png_bytes(np.zeros((side, side), dtype=np.uint8))
 
 
 def run(scope: dict, chunks: list[bytes], disconnect: bool = False, alone: bool = False, **kw):
@@ -172,9 +169,8 @@ def test_a_large_image_is_classified_on_the_api_thread_even_alone():
 
 
 def test_a_large_file_is_classified_on_the_api_thread_even_alone():
-    buffer = io.BytesIO()
-    Image.effect_noise((128, 128), 64).save(buffer, "PNG")  # noise: little compression
-    data = buffer.getvalue()
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+    data = png_bytes(noise)  # noise: little compression
     assert len(data) > PredictShortcut.inline_bytes
     sent, _ = run(scope(), [form(("image", data, "noise.png"))], alone=True, answer=thread_name)
     assert json.loads(sent[1]["body"])["thread"].startswith("convlens-api")

@@ -122,8 +122,8 @@ def header_pixels(data: bytes) -> int | None:
     the header and its text chunks, not the pixels), or None when no supported decoder reads
     it: how many pixels decoding `data` would make, known before."""
     try:
-        width, height = Image.open(io.BytesIO(data), formats=FORMATS).size
-    except Exception:  # as in `_open`: a malformed header can raise anything
+        width, height = _open(data, ImageLimits()).size
+    except ImageError:
         return None
     return width * height
 
