@@ -240,24 +240,37 @@ def peer_rows(r: dict, row) -> None:
         )
         if unit == "req/s":
             row(f"P {label}: p99 / fastest peer's", "<= 1.0", p99, p99 is not None and p99 <= 1)
+    half = get(r, "peers.half_load") or {}
+    row(
+        "P /predict at half its rate, open loop: p99 ms",
+        "report",
+        get(half, "service.accepted_ms.p99"),
+        None,
+        ", ".join(f"{name} {get(found, 'accepted_ms.p99')}" for name, found in half.items()),
+    )
     over = get(r, "peers.overload") or {}
-    refused = get(over, "refused_ms.p99")
-    row(
-        "P overload 2x capacity: refusal p99 (ms)",
-        "<= 10",
-        refused,
-        refused is not None and refused <= 10,
-        f"{over.get('clients')} clients, capacity {over.get('capacity')}: {over.get('statuses')}",
-    )
-    ratio = over.get("accepted_p99_vs_unloaded")
-    row(
-        "P overload: accepted p99 / unloaded p99",
-        "<= 2",
-        ratio,
-        ratio is not None and ratio <= 2,
-        f"accepted p99 {get(over, 'accepted_ms.p99')} ms, unloaded (1 client) "
-        f"{get(over, 'unloaded_ms.p99')} ms",
-    )
+    opened = over.get("open_loop") or {}
+    for loop, found, offered in (
+        ("closed loop 2x clients", over, f"{over.get('clients')} clients"),
+        ("open loop 2x rate", opened, f"{opened.get('offered_per_s')}/s offered"),
+    ):
+        refused = get(found, "refused_ms.p99")
+        row(
+            f"P overload, {loop}: refusal p99 (ms)",
+            "<= 10",
+            refused,
+            refused is not None and refused <= 10,
+            f"{offered}: {found.get('statuses')}",
+        )
+        ratio = found.get("accepted_p99_vs_unloaded")
+        row(
+            f"P overload, {loop}: accepted p99 / unloaded p99",
+            "<= 2",
+            ratio,
+            ratio is not None and ratio <= 2,
+            f"accepted p99 {get(found, 'accepted_ms.p99')} ms, unloaded (1 client) "
+            f"{get(over, 'unloaded_ms.p99')} ms",
+        )
 
 
 def table(rows: list[dict]) -> str:

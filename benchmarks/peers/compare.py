@@ -10,9 +10,14 @@ and one torch thread per worker. Each round runs every scenario against a, b, c 
 (`benchmarks.loadgen`, its own process), so load from elsewhere on the machine hits all three
 alike; the figures are medians over rounds, and each ratio is this service over the fastest
 peer. Scenarios: `/predict` (one MNIST PNG, multipart) at 1 and 8 clients, `/predict_batch`
-with 64 images a request at 4 clients. Then the service alone at twice its capacity
-(`overload`): refusal latency, and accepted latency against the unloaded one.
-Also per scenario: each server's CPU ms per request (all its processes, from /proc).
+with 64 images a request at 4 clients. Also per scenario: each server's CPU ms per request
+(all its processes, from /proc).
+
+Then each server at half its 8-client rate, requests arriving on their own (`half_load`, open
+loop). Then the service alone at twice its capacity (`overload`): refusal latency, and
+accepted latency against the unloaded one, twice: with closed-loop clients (twice as many as
+it holds, retrying at once) and with requests arriving at twice the rate it answers
+(`open_overload`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from benchmarks.serving import CLOCK_TICKS, Server, write_bodies
 from tests.harness import free_port
 
 THIS = "service"
+OPEN_LOOP_CONNECTIONS = 512  # arrivals found one free at twice the capacity (`not_sent` says)
 PEERS = ("fastapi", "litserve")
 SCENARIOS = {  # name: (route, body, clients, images per request)
     "predict_c1": ("predict", "predict", 1, 1),
@@ -85,12 +91,16 @@ def cpu_seconds(server: Server) -> float:
     return total
 
 
-def load(url: str, body: tuple[Path, str], clients: int, seconds: float) -> dict:
-    """One `benchmarks.loadgen` run in its own process; its JSON."""
+def load(
+    url: str, body: tuple[Path, str], clients: int, seconds: float, rate: float | None = None
+) -> dict:
+    """One `benchmarks.loadgen` run in its own process; its JSON. With `rate`, an open loop
+    of that many requests a second over at most `clients` connections."""
     path, content_type = body
     command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url]
     command += ["--body-file", str(path), "--content-type", content_type]
     command += ["--connections", str(clients), "--seconds", str(seconds)]
+    command += ["--rate", str(rate)] if rate else []
     out = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120, check=True
     ).stdout
@@ -167,9 +177,7 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
     cores = len(os.sched_getaffinity(0))
     generator_us = loaded["cpu_ms_per_request"] * 1000
     server_us = server_cpu * 1e6 / max(1, loaded["requests"])
-    by_status = loaded["latency_ms_by_status"]
-    refused = by_status.get("429") or by_status.get("503") or {}
-    accepted = by_status.get("200") or {}
+    refused, accepted = answered(loaded)
     base = unloaded["latency_ms"]["p99"]
     return {
         "capacity": capacity,
@@ -188,7 +196,60 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
         "cpu_us_per_request_for_10_ms": round(10_000 * cores / (2 * capacity), 1),
         "mean_ms_at_best": round(2 * capacity * (generator_us + server_us) / cores / 1000, 2),
         "mean_ms": round(2 * capacity / loaded["requests_per_s"] * 1000, 2),
+        "open_loop": open_overload(server, bodies, unloaded, seconds),
     }
+
+
+def answered(found: dict) -> tuple[dict, dict]:
+    """(refused, accepted) latency percentiles of one load run; {} where there were none."""
+    by_status = found["latency_ms_by_status"]
+    return by_status.get("429") or by_status.get("503") or {}, by_status.get("200") or {}
+
+
+def open_loop(server: Server, bodies: dict, rate: float, seconds: float) -> dict:
+    """`/predict` with requests arriving at `rate` a second, Poisson, whatever the server
+    answers (`loadgen --rate`), as users arrive: a refused one does not come straight back."""
+    found = load(f"{server.url}/predict", bodies["predict"], OPEN_LOOP_CONNECTIONS, seconds, rate)
+    refused, accepted = answered(found)
+    return {
+        "offered_per_s": round(rate, 1),
+        "statuses": found["statuses"],
+        "ok_per_s": round(found["statuses"].get("200", 0) / found["seconds"], 1),
+        "refused_ms": refused,
+        "accepted_ms": accepted,
+        "not_sent": found["not_sent"],
+        "socket_errors": found["socket_errors"],
+        "sent_late_ms": found["sent_late_ms"],
+        "generator_cpu_us_per_request": round(found["cpu_ms_per_request"] * 1000, 1),
+    }
+
+
+def half_load(servers: dict[str, Server], bodies: dict, summary: dict, seconds: float) -> dict:
+    """Each server at half its own 8-client rate, open loop: the p99 that Poisson arrivals
+    alone cost (two requests now and then arrive together; one client never overlaps
+    itself), beside its p99 at 1 client."""
+    found = {}
+    for name, server in servers.items():
+        rate = summary["predict_c8"][name]["ok_per_s"] / 2
+        found[name] = open_loop(server, bodies, rate, seconds)
+        one = summary["predict_c1"][name]["p99_ms"]
+        accepted = found[name]["accepted_ms"]
+        found[name]["p99_vs_1_client"] = round(accepted["p99"] / one, 2) if accepted else None
+        time.sleep(0.3)
+    return found
+
+
+def open_overload(server: Server, bodies: dict, unloaded: dict, seconds: float) -> dict:
+    """Twice the capacity as users make it: requests arriving at twice the rate the service
+    answers (its 8-client rate, measured first)."""
+    capacity = load(f"{server.url}/predict", bodies["predict"], 8, seconds)
+    rate = capacity["statuses"].get("200", 0) / capacity["seconds"]
+    time.sleep(1)
+    found = {"capacity_per_s": round(rate, 1), **open_loop(server, bodies, 2 * rate, seconds)}
+    accepted = found["accepted_ms"]
+    base = unloaded["latency_ms"]["p99"]
+    found["accepted_p99_vs_unloaded"] = round(accepted["p99"] / base, 2) if accepted else None
+    return found
 
 
 def run(args, workdir: Path) -> dict:
@@ -222,13 +283,15 @@ def run(args, workdir: Path) -> dict:
                     current[scenario][name] = measure(server, scenario, bodies, args.seconds)
                     time.sleep(0.3)
             rounds.append(current)
+        summary = summarize(rounds)
         result = {
             "workers": workers,
             "torch_threads": CONFIG.torch_threads,
             "model": info["bento_model"],
             "seconds_per_run": args.seconds,
             "rounds": rounds,
-            "summary": summarize(rounds),
+            "summary": summary,
+            "half_load": half_load(servers, bodies, summary, args.seconds),
         }
         if args.overload:
             result["overload"] = overload(
