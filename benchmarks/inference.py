@@ -77,12 +77,12 @@ def side_by_side(fn, x: torch.Tensor, mflop: float, threads: int | None, seconds
     """The model's best call against the GEMM's best, in alternating slices: on a host whose
     speed moves within seconds, a peak measured minutes apart from the model (before and
     after every variant) misstates the fraction either way. The median of the pairs."""
-    fractions = []
+    fractions, peaks = [], []
     for _ in range(ROUNDS):
-        peak = gemm_peak(threads, seconds / 2)["gflop_per_s"]
+        peaks.append(gemm_peak(threads, seconds / 2)["gflop_per_s"])
         _, best = throughput(fn, x, seconds / 2)
-        fractions.append(round(best * mflop / 1e3 / peak, 3))
-    return {"median": statistics.median(fractions), "rounds": fractions}
+        fractions.append(round(best * mflop / 1e3 / peaks[-1], 3))
+    return {"median": statistics.median(fractions), "rounds": fractions, "peaks": peaks}
 
 
 def latency(fn, x: torch.Tensor, seconds: float) -> dict:
@@ -236,7 +236,7 @@ def run(seconds: float, compile_too: bool, threads: int | None) -> dict:
         gflops = v["batch64_images_per_s"] * mflop / 1e3
         v["gflop_per_s"] = round(gflops, 1)
         v["fraction_of_gemm_peak_sustained"] = round(gflops / peak, 3)
-        # Best call against best GEMM: the figure the goal (0.85) is read from.
+        # Best call against the better GEMM peak; the goal reads the side-by-side median.
         v["fraction_of_gemm_peak"] = round(v["batch64_best_images_per_s"] * mflop / 1e3 / peak, 3)
     for name in SIDE_BY_SIDE:
         if name in result["variants"] and "error" not in result["variants"][name]:

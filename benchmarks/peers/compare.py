@@ -100,7 +100,7 @@ def load(
     command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url]
     command += ["--body-file", str(path), "--content-type", content_type]
     command += ["--connections", str(clients), "--seconds", str(seconds)]
-    command += ["--rate", str(rate)] if rate else []
+    command += ["--rate", str(rate)] if rate is not None else []
     out = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120, check=True
     ).stdout
@@ -112,11 +112,10 @@ def measure(server: Server, scenario: str, bodies: dict, seconds: float) -> dict
     before = cpu_seconds(server)
     found = load(f"{server.url}/{route}", bodies[body], clients, seconds)
     cpu = cpu_seconds(server) - before
-    ok = found["statuses"].get("200", 0)
     return {
         "requests_per_s": found["requests_per_s"],
-        "ok_per_s": round(ok / found["seconds"], 1),
-        "images_per_s": round(ok * images / found["seconds"], 1),
+        "ok_per_s": ok_per_s(found),
+        "images_per_s": round(ok_per_s(found) * images, 1),
         "p50_ms": found["latency_ms"]["p50"],
         "p99_ms": found["latency_ms"]["p99"],
         "statuses": found["statuses"],
@@ -187,8 +186,8 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
         "refused_ms": refused,
         "accepted_ms": accepted,
         "unloaded_ms": unloaded["latency_ms"],
-        "accepted_p99_vs_unloaded": round(accepted["p99"] / base, 2) if accepted else None,
-        "ok_per_s": round(loaded["statuses"].get("200", 0) / loaded["seconds"], 1),
+        "accepted_p99_vs_unloaded": p99_over(accepted, base),
+        "ok_per_s": ok_per_s(loaded),
         "requests_per_s": loaded["requests_per_s"],
         "cores": cores,
         "generator_cpu_us_per_request": round(generator_us, 1),
@@ -200,6 +199,15 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
     }
 
 
+def ok_per_s(found: dict) -> float:
+    """200s a second in one load run."""
+    return round(found["statuses"].get("200", 0) / found["seconds"], 1)
+
+
+def p99_over(latency_ms: dict, base_ms: float) -> float | None:
+    return round(latency_ms["p99"] / base_ms, 2) if latency_ms and base_ms else None
+
+
 def answered(found: dict) -> tuple[dict, dict]:
     """(refused, accepted) latency percentiles of one load run; {} where there were none."""
     by_status = found["latency_ms_by_status"]
@@ -209,12 +217,14 @@ def answered(found: dict) -> tuple[dict, dict]:
 def open_loop(server: Server, bodies: dict, rate: float, seconds: float) -> dict:
     """`/predict` with requests arriving at `rate` a second, Poisson, whatever the server
     answers (`loadgen --rate`), as users arrive: a refused one does not come straight back."""
+    if rate <= 0:
+        return {"error": "no rate to offer: the server answered no 200s at 8 clients"}
     found = load(f"{server.url}/predict", bodies["predict"], OPEN_LOOP_CONNECTIONS, seconds, rate)
     refused, accepted = answered(found)
     return {
         "offered_per_s": round(rate, 1),
         "statuses": found["statuses"],
-        "ok_per_s": round(found["statuses"].get("200", 0) / found["seconds"], 1),
+        "ok_per_s": ok_per_s(found),
         "refused_ms": refused,
         "accepted_ms": accepted,
         "not_sent": found["not_sent"],
@@ -233,8 +243,7 @@ def half_load(servers: dict[str, Server], bodies: dict, summary: dict, seconds: 
         rate = summary["predict_c8"][name]["ok_per_s"] / 2
         found[name] = open_loop(server, bodies, rate, seconds)
         one = summary["predict_c1"][name]["p99_ms"]
-        accepted = found[name]["accepted_ms"]
-        found[name]["p99_vs_1_client"] = round(accepted["p99"] / one, 2) if accepted else None
+        found[name]["p99_vs_1_client"] = p99_over(found[name].get("accepted_ms"), one)
         time.sleep(0.3)
     return found
 
@@ -242,13 +251,11 @@ def half_load(servers: dict[str, Server], bodies: dict, summary: dict, seconds: 
 def open_overload(server: Server, bodies: dict, unloaded: dict, seconds: float) -> dict:
     """Twice the capacity as users make it: requests arriving at twice the rate the service
     answers (its 8-client rate, measured first)."""
-    capacity = load(f"{server.url}/predict", bodies["predict"], 8, seconds)
-    rate = capacity["statuses"].get("200", 0) / capacity["seconds"]
+    rate = measure(server, "predict_c8", bodies, seconds)["ok_per_s"]
     time.sleep(1)
-    found = {"capacity_per_s": round(rate, 1), **open_loop(server, bodies, 2 * rate, seconds)}
-    accepted = found["accepted_ms"]
+    found = {"capacity_per_s": rate, **open_loop(server, bodies, 2 * rate, seconds)}
     base = unloaded["latency_ms"]["p99"]
-    found["accepted_p99_vs_unloaded"] = round(accepted["p99"] / base, 2) if accepted else None
+    found["accepted_p99_vs_unloaded"] = p99_over(found.get("accepted_ms"), base)
     return found
 
 
