@@ -25,6 +25,14 @@ def data_root() -> str:
     return os.environ.get("CONVLENS_DATA_DIR", str(REPO / "data"))
 
 
+def serve_env() -> dict[str, str]:
+    """The environment for a `make serve` a benchmark starts: not the caller's model choice
+    (the command names the model), and not the make variables of a `make bench ARGS=...`
+    that runs the benchmark, which make would hand on to `make serve` (MAKEFLAGS)."""
+    dropped = ("CONVLENS_MODEL", "MODEL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

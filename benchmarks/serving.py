@@ -34,6 +34,7 @@ from benchmarks.common import (
     print_json,
     process_tree,
     rss_mib,
+    serve_env,
 )
 from tests.harness import ServerProcess, digit_png, free_port, mnist_test_set
 
@@ -150,9 +151,8 @@ def make_serve(tracking_uri: str, home: Path, port: int, log: Path) -> Server:
         f"BENTOML_HOME={home}",
         f"MLFLOW_TRACKING_URI={tracking_uri}",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
     url = f"http://127.0.0.1:{port}"
-    return Server("make serve", url, command, cwd=REPO, env=env, log=log).start()
+    return Server("make serve", url, command, cwd=REPO, env=serve_env(), log=log).start()
 
 
 # --- load ------------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import REPO, load_avg, merge_results, parser, print_json, process_tree
+from benchmarks.common import (
+    REPO,
+    load_avg,
+    merge_results,
+    parser,
+    print_json,
+    process_tree,
+    serve_env,
+)
 from benchmarks.loadgen import PREFIX
 from benchmarks.serving import CLOCK_TICKS, Server, write_bodies
 from tests.harness import free_port
@@ -49,7 +57,7 @@ SCENARIOS = {  # name: (route, body, clients, images per request)
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
+    env = serve_env()
     env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
