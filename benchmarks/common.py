@@ -27,9 +27,10 @@ def data_root() -> str:
 
 def serve_env() -> dict[str, str]:
     """The environment for a `make serve` a benchmark starts: not the caller's model choice
-    (the command names the model), and not the make variables of a `make bench ARGS=...`
-    that runs the benchmark, which make would hand on to `make serve` (MAKEFLAGS)."""
-    dropped = ("CONVLENS_MODEL", "MODEL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    (the command names the model), and not the variables of a `make bench ARGS=...` that
+    runs the benchmark: make exports command-line variables to its recipes, and `make serve`
+    would pass that ARGS to the server."""
+    dropped = ("CONVLENS_MODEL", "MODEL", "ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
     return {k: v for k, v in os.environ.items() if k not in dropped}
 
 
