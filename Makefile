@@ -113,7 +113,6 @@ audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings
 
 .PHONY: bench
 bench: install ## benchmarks of issues 5 and 15 (~20 min, 2 cores): results JSON + goals table (peers first); ARGS=--quick
-	@command -v wrk >/dev/null 2>&1 || echo "make bench: wrk is missing (apt-get install -y wrk): the serving step is skipped; the peers step has its own load generator" >&2
 	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check

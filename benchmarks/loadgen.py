@@ -28,6 +28,7 @@ import json
 import math
 import selectors
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -240,6 +241,37 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         "p99": round(float(found[2]), 3),
         "max": round(float(ms.max()), 3),
     }
+
+
+def command(
+    url: str, body: tuple[Path, str], connections: int, seconds: float, rate: float | None = None
+) -> list[str]:
+    """The command line of one run in a process of its own: `body` is (file, content type)."""
+    path, content_type = body
+    line = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(path)]
+    line += ["--content-type", content_type, "--connections", str(connections)]
+    line += ["--seconds", str(seconds)] + (["--rate", str(rate)] if rate is not None else [])
+    return line
+
+
+def parse(stdout: str) -> dict:
+    """The figures a run printed."""
+    return json.loads(next(x for x in stdout.splitlines() if x.startswith(PREFIX))[len(PREFIX) :])
+
+
+def spawn(
+    url: str, body: tuple[Path, str], connections: int, seconds: float, rate: float | None = None
+) -> dict:
+    """One run in a process of its own, so that its CPU is not the caller's; its figures."""
+    found = subprocess.run(
+        command(url, body, connections, seconds, rate),
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=True,
+    )
+    return parse(found.stdout)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,9 +6,9 @@ Runs, each in its own process and in this order: `flops`, `bare_loop`, `inferenc
 `startup`, `train` (a bare-loop epoch before and after each of 3 `make train
 ARGS="experiment=fast seed=S"`, then the default `make train`), `photos` (accuracy on
 generated phone photos of digits against clean PNGs, issue 12), `serving` (`make serve` on
-the model trained just before, `wrk` against it, a 5-minute memory soak), `peers` (the same
-champion behind `make serve`, plain FastAPI and LitServe, interleaved; then overload) and
-`gpu` (skipped without CUDA). Writes
+the model trained just before, `benchmarks.loadgen` against it, a 5-minute memory soak),
+`peers` (the same champion behind `make serve`, plain FastAPI and LitServe, interleaved; then
+overload) and `gpu` (skipped without CUDA). Writes
 `benchmarks/results/<date>-<machine>.json` and prints the table of the goals of issue 5
 against the measured values.
 

@@ -1,14 +1,14 @@
-"""The service under load: `make serve` on 127.0.0.1, driven by `wrk` in its own process.
+"""The service under load: `make serve` on 127.0.0.1, driven by `benchmarks.loadgen`.
 
     uv run --frozen python -m benchmarks.serving --tracking-uri sqlite:///path/mlflow.db \
         [--seconds 5] [--soak 60] [--results FILE]
 
 Starts `make serve` (the shipped `serving/config.yaml`: workers, one torch thread per worker,
 adaptive batching) against the champion of the given MLflow store, in a private BentoML home
-and on a free port; runs each scenario with `wrk -t1` and `benchmarks/wrk/post.lua` (bounded
-by `--seconds` and by a request count), then stops the server.
+and on a free port; runs each scenario with the repo's load generator in its own process
+(closed loop, `--seconds` each), then stops the server.
 
-Per scenario: requests/s, latency p50/p90/p99 (wrk's, closed loop), answers by status, socket
+Per scenario: requests/s, latency p50/p90/p99 (closed loop), answers by status, socket
 errors, and the server's CPU time per request (from /proc, all serving processes: a figure that
 other load on the machine disturbs much less than latency). The soak samples the resident
 memory of every serving process once a second under load and reports its growth.
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from benchmarks import loadgen
 from benchmarks.common import (
     REPO,
     data_root,
@@ -38,7 +38,6 @@ from benchmarks.common import (
 )
 from tests.harness import ServerProcess, digit_png, free_port, mnist_test_set
 
-WRK_SCRIPT = REPO / "benchmarks" / "wrk" / "post.lua"
 READY_TIMEOUT_S = 240
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRAIN_S = 1.0
@@ -158,55 +157,33 @@ def make_serve(tracking_uri: str, home: Path, port: int, log: Path) -> Server:
 # --- load ------------------------------------------------------------------------------------
 
 
-def wrk(
-    url: str, body: tuple[Path, str], connections: int, seconds: float, max_requests: int
-) -> dict:
-    """One `wrk -t1` run; its JSON line, plus requests/s."""
-    path, content_type = body
-    env = {
-        **os.environ,
-        "BODY_FILE": str(path),
-        "CONTENT_TYPE": content_type,
-        "MAX_REQUESTS": str(max_requests),
-    }
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(WRK_SCRIPT),
-        url,
-    ]
-    out = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
-    found = json.loads(line.removeprefix("WRK_JSON "))
-    seconds_run = found["duration_us"] / 1e6
-    latency = found.pop("latency_us")
+def load(url: str, body: tuple[Path, str], connections: int, seconds: float) -> dict:
+    """One closed-loop `benchmarks.loadgen` run in its own process, in this module's terms."""
+    return summary(loadgen.spawn(url, body, connections, seconds))
+
+
+def summary(found: dict) -> dict:
+    statuses = found["statuses"]
     return {
-        "connections": connections,
+        "connections": found["connections"],
         "requests": found["requests"],
-        "seconds": round(seconds_run, 2),
-        "requests_per_s": round(found["requests"] / seconds_run, 1),
-        "latency_ms": {k: round(v / 1000, 2) for k, v in latency.items()},
-        "statuses": found["statuses"],
-        "socket_errors": {k: v for k, v in found["errors"].items() if k != "status"},
-        "non_2xx": found["errors"]["status"],
+        "seconds": found["seconds"],
+        "requests_per_s": found["requests_per_s"],
+        "latency_ms": found["latency_ms"],
+        "statuses": statuses,
+        "socket_errors": found["socket_errors"],
+        "non_2xx": sum(n for status, n in statuses.items() if not status.startswith("2")),
     }
 
 
 def scenario(server: Server, route: str, body, connections: int, seconds: float, **extra) -> dict:
     url = f"{server.url}/{route}"
-    wrk(url, body, connections, 1, max_requests=2000)  # warm up this route and connection count
-    # wrk exits with requests still queued in the server; they would hold places in its
+    load(url, body, connections, 1)  # warm up this route and connection count
+    # The generator stops with requests still in the server; they would hold places in its
     # concurrency limit for a moment and count against the next run's clients.
     time.sleep(DRAIN_S)
     before = server.cpu_by_pid()
-    result = wrk(url, body, connections, seconds, max_requests=200_000)
+    result = load(url, body, connections, seconds)
     after = server.cpu_by_pid()
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     cpu = sum(used.values())
@@ -225,33 +202,14 @@ def scenario(server: Server, route: str, body, connections: int, seconds: float,
 def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
     """`/predict` under `connections` clients for `seconds`; RSS of the serving processes each
     second. Growth = last minus first sample, after a 10% settling period."""
-    path, content_type = body
-    env = {
-        **os.environ,
-        "BODY_FILE": str(path),
-        "CONTENT_TYPE": content_type,
-        "MAX_REQUESTS": str(10_000_000),
-    }
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{round(seconds)}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(WRK_SCRIPT),
-        f"{server.url}/predict",
-    ]
+    command = loadgen.command(f"{server.url}/predict", body, connections, seconds)
     samples = []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as load:
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as running:
         start = time.monotonic()
-        while load.poll() is None and time.monotonic() - start < seconds + 60:
+        while running.poll() is None and time.monotonic() - start < seconds + 60:
             samples.append((round(time.monotonic() - start, 1), server.rss()))
             time.sleep(1)
-        out = load.communicate(timeout=60)[0]
-    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
-    found = json.loads(line.removeprefix("WRK_JSON "))
+        found = summary(loadgen.parse(running.communicate(timeout=60)[0]))
     totals = [(t, sum(r.values())) for t, r in samples if r]
     settled = totals[max(1, len(totals) // 10) :]
     first, last = settled[0], settled[-1]
@@ -264,8 +222,8 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
         "seconds": seconds,
         "connections": connections,
         "requests": found["requests"],
-        "non_2xx": found["errors"]["status"],
-        "socket_errors": {k: v for k, v in found["errors"].items() if k != "status"},
+        "non_2xx": found["non_2xx"],
+        "socket_errors": found["socket_errors"],
         "rss_total_mib": {
             "after_settling": first[1],
             "end": last[1],
@@ -285,8 +243,6 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
 def run(
     tracking_uri: str, seconds: float, soak_s: float, workdir: Path, soak_only: bool = False
 ) -> dict:
-    if shutil.which("wrk") is None:
-        return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
     bodies = write_bodies(workdir)
     server = make_serve(tracking_uri, workdir / "bentoml", free_port(), workdir / "serve.log")
     try:

@@ -22,10 +22,8 @@ it holds, retrying at once) and with requests arriving at twice the rate it answ
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import loadgen
 from benchmarks.common import (
     REPO,
     load_avg,
@@ -42,7 +41,6 @@ from benchmarks.common import (
     process_tree,
     serve_env,
 )
-from benchmarks.loadgen import PREFIX
 from benchmarks.serving import CLOCK_TICKS, Server, write_bodies
 from tests.harness import free_port
 
@@ -104,15 +102,7 @@ def load(
 ) -> dict:
     """One `benchmarks.loadgen` run in its own process; its JSON. With `rate`, an open loop
     of that many requests a second over at most `clients` connections."""
-    path, content_type = body
-    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url]
-    command += ["--body-file", str(path), "--content-type", content_type]
-    command += ["--connections", str(clients), "--seconds", str(seconds)]
-    command += ["--rate", str(rate)] if rate is not None else []
-    out = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120, check=True
-    ).stdout
-    return json.loads(next(x for x in out.splitlines() if x.startswith(PREFIX))[len(PREFIX) :])
+    return loadgen.spawn(url, body, clients, seconds, rate)
 
 
 def measure(server: Server, scenario: str, bodies: dict, seconds: float) -> dict:
