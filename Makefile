@@ -112,7 +112,7 @@ audit: install ## pip-audit the locked dependencies (uv.lock); accepted findings
 		$$(grep -oE '^[A-Za-z0-9][A-Za-z0-9_.:-]*' audit-ignore.txt 2>/dev/null | sed 's/^/--ignore-vuln /')
 
 .PHONY: bench
-bench: install ## benchmarks of issues 5 and 15 (~20 min, 2 cores): results JSON + goals table (peers first); ARGS=--quick
+bench: install ## benchmarks of issues 5 and 15 (~18 min, 2 cores): results JSON + goals table (peers first); ARGS=--quick
 	$(RUN) python -m benchmarks.run_all $(ARGS)
 
 lint: install ## ruff check and format check

@@ -269,8 +269,9 @@ def spawn(
         capture_output=True,
         text=True,
         timeout=seconds + 120,
-        check=True,
     )
+    if found.returncode:
+        raise RuntimeError(f"benchmarks.loadgen exited with {found.returncode}: {found.stderr}")
     return parse(found.stdout)
 
 

@@ -16,7 +16,7 @@ Child processes share a bytecode cache (PYTHONPYCACHEPREFIX, filled before the f
 step) so that start-up is measured as on any machine where Python may write its .pyc files;
 `startup` also reports the cost without one.
 
-A full run takes about 13 minutes on 2 cores. `--quick` checks the whole chain in about
+A full run takes about 18 minutes on 2 cores. `--quick` checks the whole chain in about
 4 minutes (one fast seed on a 6,400-image subset, no default run, 2 s scenarios, 10 s soak):
 its figures are not the goals'.
 """

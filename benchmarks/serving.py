@@ -41,6 +41,7 @@ from tests.harness import ServerProcess, digit_png, free_port, mnist_test_set
 READY_TIMEOUT_S = 240
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRAIN_S = 1.0
+STUCK_S = 10.0  # what wrk's --timeout was
 
 
 # --- request bodies --------------------------------------------------------------------------
@@ -139,19 +140,23 @@ class Server(ServerProcess):
         return {str(pid): rss_mib(pid) for pid in self.serving_pids()}
 
 
-def make_serve(tracking_uri: str, home: Path, port: int, log: Path) -> Server:
-    """`make serve` of the repo's service on the champion of `tracking_uri`, started."""
-    command = [
-        "make",
-        "--no-print-directory",
-        "serve",
-        "HOST=127.0.0.1",
-        f"PORT={port}",
-        f"BENTOML_HOME={home}",
-        f"MLFLOW_TRACKING_URI={tracking_uri}",
-    ]
+def make_serve(
+    home: Path,
+    port: int,
+    log: Path,
+    tracking_uri: str | None = None,
+    model: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`make serve` of the repo's service, started: on the champion of `tracking_uri`, or on
+    `model` (a tag in the BentoML home). `ARGS=` keeps a `make bench ARGS=...` around it from
+    reaching the server."""
+    command = ["make", "--no-print-directory", "serve", "ARGS=", "HOST=127.0.0.1"]
+    command += [f"PORT={port}", f"BENTOML_HOME={home}"]
+    command += [f"MODEL={model}"] if model else [f"MLFLOW_TRACKING_URI={tracking_uri}"]
     url = f"http://127.0.0.1:{port}"
-    return Server("make serve", url, command, cwd=REPO, env=serve_env(), log=log).start()
+    env = env if env is not None else serve_env()
+    return Server("make serve", url, command, cwd=REPO, env=env, log=log).start()
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -163,7 +168,10 @@ def load(url: str, body: tuple[Path, str], connections: int, seconds: float) -> 
 
 
 def summary(found: dict) -> dict:
+    """A run's figures; a request left unanswered for over `STUCK_S` counts as an error
+    ("stuck"), as a client's timeout would have."""
     statuses = found["statuses"]
+    stuck = found["oldest_unanswered_ms"] > STUCK_S * 1000
     return {
         "connections": found["connections"],
         "requests": found["requests"],
@@ -171,8 +179,10 @@ def summary(found: dict) -> dict:
         "requests_per_s": found["requests_per_s"],
         "latency_ms": found["latency_ms"],
         "statuses": statuses,
-        "socket_errors": found["socket_errors"],
+        "socket_errors": {**found["socket_errors"], "stuck": int(stuck)},
         "non_2xx": sum(n for status, n in statuses.items() if not status.startswith("2")),
+        "unanswered_at_end": found["unanswered_at_end"],
+        "oldest_unanswered_ms": found["oldest_unanswered_ms"],
     }
 
 
@@ -209,7 +219,13 @@ def soak(server: Server, body, seconds: float, connections: int = 8) -> dict:
         while running.poll() is None and time.monotonic() - start < seconds + 60:
             samples.append((round(time.monotonic() - start, 1), server.rss()))
             time.sleep(1)
-        found = summary(loadgen.parse(running.communicate(timeout=60)[0]))
+        try:
+            out = running.communicate(timeout=60)[0]
+        finally:
+            running.kill()  # a no-op once it has exited
+    if running.returncode:
+        raise RuntimeError(f"the soak's load generator exited with {running.returncode}")
+    found = summary(loadgen.parse(out))
     totals = [(t, sum(r.values())) for t, r in samples if r]
     settled = totals[max(1, len(totals) // 10) :]
     first, last = settled[0], settled[-1]
@@ -244,7 +260,7 @@ def run(
     tracking_uri: str, seconds: float, soak_s: float, workdir: Path, soak_only: bool = False
 ) -> dict:
     bodies = write_bodies(workdir)
-    server = make_serve(tracking_uri, workdir / "bentoml", free_port(), workdir / "serve.log")
+    server = make_serve(workdir / "bentoml", free_port(), workdir / "serve.log", tracking_uri)
     try:
         server.wait_ready()
         result: dict = {

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import httpx
 import numpy as np
 
-from benchmarks.loadgen import PREFIX
+from benchmarks import loadgen
 from tests.harness import REPO, digit_png
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -75,10 +74,7 @@ def bodies(folder) -> dict[str, tuple]:
 
 
 def load_process(url: str, body: tuple, clients: int, duration: float) -> subprocess.Popen:
-    path, content_type = body
-    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(path)]
-    command += ["--content-type", content_type, "--connections", str(clients)]
-    command += ["--seconds", str(duration)]
+    command = loadgen.command(url, body, clients, duration)
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 
@@ -113,9 +109,7 @@ def run_load(url: str, clients: int, duration: float, folder) -> dict:
     asyncio.run(prober())
     results = {}
     for route, process in loads.items():
-        out = process.communicate(timeout=duration + 120)[0]
-        line = next(x for x in out.splitlines() if x.startswith(PREFIX))
-        results[route] = json.loads(line[len(PREFIX) :])
+        results[route] = loadgen.parse(process.communicate(timeout=duration + 120)[0])
     outcomes = Counter()
     for found_route in results.values():
         outcomes.update(found_route["statuses"])

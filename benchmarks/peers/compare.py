@@ -41,7 +41,7 @@ from benchmarks.common import (
     process_tree,
     serve_env,
 )
-from benchmarks.serving import CLOCK_TICKS, Server, write_bodies
+from benchmarks.serving import CLOCK_TICKS, Server, make_serve, write_bodies
 from tests.harness import free_port
 
 THIS = "service"
@@ -62,13 +62,8 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def start_service(home: Path, workdir: Path, tracking_uri: str | None, model: str | None):
-    port = free_port()
-    command = ["make", "--no-print-directory", "serve", "HOST=127.0.0.1", f"PORT={port}"]
-    command += [f"BENTOML_HOME={home}"]
-    command += [f"MODEL={model}"] if model else [f"MLFLOW_TRACKING_URI={tracking_uri}"]
-    url = f"http://127.0.0.1:{port}"
     log = workdir / "service.log"
-    return Server("make serve", url, command, cwd=REPO, env=env_for(home), log=log).start()
+    return make_serve(home, free_port(), log, tracking_uri, model, env=env_for(home))
 
 
 def start_peer(name: str, workers: int, model_dir: Path, home: Path, workdir: Path) -> Server:
