@@ -26,12 +26,9 @@ def data_root() -> str:
 
 
 def serve_env() -> dict[str, str]:
-    """The environment for a `make serve` a benchmark starts: not the caller's model choice
-    (the command names the model), and not the variables of a `make bench ARGS=...` that
-    runs the benchmark: make exports command-line variables to its recipes, and `make serve`
-    would pass that ARGS to the server."""
-    dropped = ("CONVLENS_MODEL", "MODEL", "ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-    return {k: v for k, v in os.environ.items() if k not in dropped}
+    """The environment for a `make serve` a benchmark starts: not the caller's model choice,
+    since the command names the model."""
+    return {k: v for k, v in os.environ.items() if k not in ("CONVLENS_MODEL", "MODEL")}
 
 
 def load_avg() -> list[float]:

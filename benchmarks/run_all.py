@@ -144,7 +144,7 @@ def goals(r: dict) -> list[dict]:
         service = get(inf, "variants.eager_channels_last") or {}
         fraction = get(compiled, "fraction_of_gemm_peak_side_by_side.median")
         pairs = get(compiled, "fraction_of_gemm_peak_side_by_side.rounds")
-        built = compiled.get("error") or pairs if compiled else "not run (no --compile)"
+        built = (compiled.get("error") or pairs) if compiled else "not run (no --compile)"
         row(
             f"4 model-only inference / float32 GEMM peak, {threads} thread{'s' * (threads > 1)}",
             ">= 0.85",

@@ -149,8 +149,8 @@ def make_serve(
     env: dict[str, str] | None = None,
 ) -> Server:
     """`make serve` of the repo's service, started: on the champion of `tracking_uri`, or on
-    `model` (a tag in the BentoML home). `ARGS=` keeps a `make bench ARGS=...` around it from
-    reaching the server."""
+    `model` (a tag in the BentoML home). `ARGS=`: make hands the variables of a `make bench
+    ARGS=...` around it on to this `make serve`, which would pass them to the server."""
     command = ["make", "--no-print-directory", "serve", "ARGS=", "HOST=127.0.0.1"]
     command += [f"PORT={port}", f"BENTOML_HOME={home}"]
     command += [f"MODEL={model}"] if model else [f"MLFLOW_TRACKING_URI={tracking_uri}"]

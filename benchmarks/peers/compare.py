@@ -92,18 +92,10 @@ def cpu_seconds(server: Server) -> float:
     return total
 
 
-def load(
-    url: str, body: tuple[Path, str], clients: int, seconds: float, rate: float | None = None
-) -> dict:
-    """One `benchmarks.loadgen` run in its own process; its JSON. With `rate`, an open loop
-    of that many requests a second over at most `clients` connections."""
-    return loadgen.spawn(url, body, clients, seconds, rate)
-
-
 def measure(server: Server, scenario: str, bodies: dict, seconds: float) -> dict:
     route, body, clients, images = SCENARIOS[scenario]
     before = cpu_seconds(server)
-    found = load(f"{server.url}/{route}", bodies[body], clients, seconds)
+    found = loadgen.spawn(f"{server.url}/{route}", bodies[body], clients, seconds)
     cpu = cpu_seconds(server) - before
     return {
         "requests_per_s": found["requests_per_s"],
@@ -160,10 +152,10 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
     (`cpu_us_per_request_for_10_ms`), whatever else the server does. Slightly generous to the
     server: its CPU includes the requests still unanswered at the end, which are not counted,
     and `cores` are those this process may use, which the servers share."""
-    unloaded = load(f"{server.url}/predict", bodies["predict"], 1, seconds)
+    unloaded = loadgen.spawn(f"{server.url}/predict", bodies["predict"], 1, seconds)
     time.sleep(1)
     before = cpu_seconds(server)
-    loaded = load(f"{server.url}/predict", bodies["predict"], 2 * capacity, seconds)
+    loaded = loadgen.spawn(f"{server.url}/predict", bodies["predict"], 2 * capacity, seconds)
     server_cpu = cpu_seconds(server) - before
     time.sleep(1)
     cores = len(os.sched_getaffinity(0))
@@ -212,7 +204,9 @@ def open_loop(server: Server, bodies: dict, rate: float, seconds: float) -> dict
     answers (`loadgen --rate`), as users arrive: a refused one does not come straight back."""
     if rate <= 0:
         return {"error": "no rate to offer: the server answered no 200s at 8 clients"}
-    found = load(f"{server.url}/predict", bodies["predict"], OPEN_LOOP_CONNECTIONS, seconds, rate)
+    found = loadgen.spawn(
+        f"{server.url}/predict", bodies["predict"], OPEN_LOOP_CONNECTIONS, seconds, rate
+    )
     refused, accepted = answered(found)
     return {
         "offered_per_s": round(rate, 1),
@@ -272,7 +266,7 @@ def run(args, workdir: Path) -> dict:
         for server in servers.values():  # warm up every route and connection count
             for scenario in SCENARIOS:
                 route, body, clients, _ = SCENARIOS[scenario]
-                load(f"{server.url}/{route}", bodies[body], clients, 0.5)
+                loadgen.spawn(f"{server.url}/{route}", bodies[body], clients, 0.5)
         rounds = []
         for number in range(args.rounds):
             print(f"round {number + 1}/{args.rounds} (load {load_avg()[0]})", file=sys.stderr)
