@@ -253,11 +253,22 @@ def peer_rows(r: dict, row) -> None:
     )
     over = get(r, "peers.overload") or {}
     opened = over.get("open_loop") or {}
-    for loop, found, offered in (
-        ("closed loop 2x clients", over, f"{over.get('clients')} clients"),
-        ("open loop 2x rate", opened, f"{opened.get('offered_per_s')}/s offered"),
+    for loop, found, refused, accepted, offered in (
+        (
+            "closed loop 2x clients",
+            over,
+            get(over, "refused_ms.p99"),
+            get(over, "accepted_ms.p99"),
+            f"{over.get('clients')} clients",
+        ),
+        (
+            "open loop 2x rate",
+            opened,
+            opened.get("refused_p99_ms"),
+            opened.get("accepted_p99_ms"),
+            f"{opened.get('offered_per_s')}/s offered, median of {len(opened.get('rounds', []))}",
+        ),
     ):
-        refused = get(found, "refused_ms.p99")
         row(
             f"P overload, {loop}: refusal p99 (ms)",
             "<= 10",
@@ -266,14 +277,23 @@ def peer_rows(r: dict, row) -> None:
             f"{offered}: {found.get('statuses')}",
         )
         ratio = found.get("accepted_p99_vs_unloaded")
+        late = found.get("sent_late_p99_ms")  # open loop: in every latency it measures
         row(
             f"P overload, {loop}: accepted p99 / unloaded p99",
             "<= 2",
             ratio,
             ratio is not None and ratio <= 2,
-            f"accepted p99 {get(found, 'accepted_ms.p99')} ms, unloaded (1 client) "
-            f"{get(over, 'unloaded_ms.p99')} ms",
+            f"accepted p99 {accepted} ms, unloaded (1 client) {get(over, 'unloaded_ms.p99')} ms"
+            + (f"; the generator sent late by {late} ms at p99" if late is not None else ""),
         )
+    row(
+        "P overload, open loop: refusal p99 / a refuse-only server's",
+        "report",
+        opened.get("refused_p99_vs_floor"),
+        None,
+        f"in turn at the same rate, its cores computing: p99 {opened.get('floor_refused_p99_ms')}"
+        f" ms, the generator late by {opened.get('floor_sent_late_p99_ms')} ms",
+    )
 
 
 def table(rows: list[dict]) -> str:

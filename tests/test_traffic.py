@@ -158,3 +158,21 @@ def test_every_api_knows_its_answer_media_type_without_building_a_json_schema(mo
         found[name] = method.output_spec.mime_type()
     assert found["predict_batch"] == found["model_info"] == found["predict"] == "application/json"
     assert found["preprocessed"] == "image/png"
+
+
+def test_the_refusal_floor_refuses_every_api_request_with_the_services_answer():
+    """`benchmarks.peers.refusal_floor_app`, the reference for a refusal's latency, answers
+    exactly what the service's door does, and nothing else: health checks pass."""
+    from benchmarks.peers.refusal_floor_app import Arrivals, app
+
+    async def scenario() -> dict[str, list[dict]]:
+        return {path: await call(app, request(path)) for path in ("/predict", "/readyz")}
+
+    before = Arrivals.last
+    answers = asyncio.run(scenario())
+    service = asyncio.run(
+        call(Admission(HeldApp(), routes={"/predict"}, limit=0), request("/predict"))
+    )
+    assert answers["/predict"] == service and service[0]["status"] == 429
+    assert answers["/readyz"][0]["status"] == 200
+    assert Arrivals.last > before  # its API threads compute while requests arrive

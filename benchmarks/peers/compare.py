@@ -17,7 +17,8 @@ Then each server at half its 8-client rate, requests arriving on their own (`hal
 loop). Then the service alone at twice its capacity (`overload`): refusal latency, and
 accepted latency against the unloaded one, twice: with closed-loop clients (twice as many as
 it holds, retrying at once) and with requests arriving at twice the rate it answers
-(`open_overload`).
+(`open_overload`), in turn with a server that only refuses while its cores compute
+(`benchmarks.peers.refusal_floor_app`): the floor under a refusal's latency here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,11 @@ from tests.harness import free_port
 THIS = "service"
 OPEN_LOOP_CONNECTIONS = 512  # arrivals found one free at twice the capacity (`not_sent` says)
 PEERS = ("fastapi", "litserve")
+FLOOR = "refusal_floor"
+UVICORN_APPS = {
+    "fastapi": "benchmarks.peers.fastapi_app:app",
+    FLOOR: "benchmarks.peers.refusal_floor_app:app",
+}
 SCENARIOS = {  # name: (route, body, clients, images per request)
     "predict_c1": ("predict", "predict", 1, 1),
     "predict_c8": ("predict", "predict", 8, 1),
@@ -68,8 +75,8 @@ def start_service(home: Path, workdir: Path, tracking_uri: str | None, model: st
 
 def start_peer(name: str, workers: int, model_dir: Path, home: Path, workdir: Path) -> Server:
     port = free_port()
-    if name == "fastapi":
-        command = [sys.executable, "-m", "uvicorn", "benchmarks.peers.fastapi_app:app"]
+    if name in UVICORN_APPS:
+        command = [sys.executable, "-m", "uvicorn", UVICORN_APPS[name]]
         command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         command += ["--no-access-log"]
     else:
@@ -142,7 +149,9 @@ def summarize(rounds: list[dict]) -> dict:
     return summary
 
 
-def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dict:
+def overload(
+    server: Server, floor: Server, bodies: dict, capacity: int, seconds: float, rounds: int
+) -> dict:
     """The service alone: `/predict` at 1 client (unloaded), then at twice its capacity.
 
     Also what the closed loop itself allows (Little's law): `clients` requests always
@@ -180,7 +189,7 @@ def overload(server: Server, bodies: dict, capacity: int, seconds: float) -> dic
         "cpu_us_per_request_for_10_ms": round(10_000 * cores / (2 * capacity), 1),
         "mean_ms_at_best": round(2 * capacity * (generator_us + server_us) / cores / 1000, 2),
         "mean_ms": round(2 * capacity / loaded["requests_per_s"] * 1000, 2),
-        "open_loop": open_overload(server, bodies, unloaded, seconds),
+        "open_loop": open_overload(server, floor, bodies, unloaded, seconds, rounds),
     }
 
 
@@ -189,8 +198,12 @@ def ok_per_s(found: dict) -> float:
     return round(found["statuses"].get("200", 0) / found["seconds"], 1)
 
 
-def p99_over(latency_ms: dict, base_ms: float) -> float | None:
-    return round(latency_ms["p99"] / base_ms, 2) if latency_ms and base_ms else None
+def ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 2) if value is not None and base else None
+
+
+def p99_over(latency_ms: dict | None, base_ms: float | None) -> float | None:
+    return ratio((latency_ms or {}).get("p99"), base_ms)
 
 
 def answered(found: dict) -> tuple[dict, dict]:
@@ -235,15 +248,41 @@ def half_load(servers: dict[str, Server], bodies: dict, summary: dict, seconds: 
     return found
 
 
-def open_overload(server: Server, bodies: dict, unloaded: dict, seconds: float) -> dict:
+def open_overload(
+    server: Server, floor: Server, bodies: dict, unloaded: dict, seconds: float, rounds: int
+) -> dict:
     """Twice the capacity as users make it: requests arriving at twice the rate the service
-    answers (its 8-client rate, measured first)."""
+    answers (its 8-client rate, measured first). In turn with the refuse-only server at the
+    same rate, `rounds` times; the p99s are medians over the rounds."""
     rate = measure(server, "predict_c8", bodies, seconds)["ok_per_s"]
-    time.sleep(1)
-    found = {"capacity_per_s": rate, **open_loop(server, bodies, 2 * rate, seconds)}
-    base = unloaded["latency_ms"]["p99"]
-    found["accepted_p99_vs_unloaded"] = p99_over(found.get("accepted_ms"), base)
-    return found
+    runs = []
+    for _ in range(rounds):
+        pair = {}
+        for name, target in ((THIS, server), (FLOOR, floor)):
+            time.sleep(1)
+            pair[name] = open_loop(target, bodies, 2 * rate, seconds)
+        runs.append(pair)
+
+    def median_p99(name: str, key: str) -> float | None:
+        found = [run[name][key]["p99"] for run in runs if run[name].get(key)]
+        return round(statistics.median(found), 3) if found else None
+
+    refused, floor_refused = median_p99(THIS, "refused_ms"), median_p99(FLOOR, "refused_ms")
+    accepted = median_p99(THIS, "accepted_ms")
+    statuses = sum((Counter(run[THIS].get("statuses", {})) for run in runs), Counter())
+    return {
+        "capacity_per_s": rate,
+        "offered_per_s": round(2 * rate, 1),
+        "statuses": dict(statuses),
+        "refused_p99_ms": refused,
+        "accepted_p99_ms": accepted,
+        "sent_late_p99_ms": median_p99(THIS, "sent_late_ms"),
+        "accepted_p99_vs_unloaded": ratio(accepted, unloaded["latency_ms"]["p99"]),
+        "floor_refused_p99_ms": floor_refused,
+        "floor_sent_late_p99_ms": median_p99(FLOOR, "sent_late_ms"),
+        "refused_p99_vs_floor": ratio(refused, floor_refused),
+        "rounds": runs,
+    }
 
 
 def run(args, workdir: Path) -> dict:
@@ -288,8 +327,15 @@ def run(args, workdir: Path) -> dict:
             "half_load": half_load(servers, bodies, summary, args.seconds),
         }
         if args.overload:
+            floor = servers[FLOOR] = start_peer(FLOOR, workers, model_dir, Path(home), workdir)
+            floor.wait_ready()
             result["overload"] = overload(
-                servers[THIS], bodies, info["traffic"]["max_concurrency"], args.seconds
+                servers[THIS],
+                floor,
+                bodies,
+                info["traffic"]["max_concurrency"],
+                args.seconds,
+                args.rounds,
             )
         return result
     finally:
