@@ -152,7 +152,8 @@ def summarize(rounds: list[dict]) -> dict:
 def overload(
     server: Server, floor: Server, bodies: dict, capacity: int, seconds: float, rounds: int
 ) -> dict:
-    """The service alone: `/predict` at 1 client (unloaded), then at twice its capacity.
+    """The service: `/predict` at 1 client (unloaded), then at twice its capacity, with
+    closed-loop clients and then open loop (`open_overload`, in turn with `floor`).
 
     Also what the closed loop itself allows (Little's law): `clients` requests always
     outstanding on `cores` CPUs that the generator and the server share, at `g + s` CPU
