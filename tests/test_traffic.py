@@ -163,16 +163,40 @@ def test_every_api_knows_its_answer_media_type_without_building_a_json_schema(mo
 def test_the_refusal_floor_refuses_every_api_request_with_the_services_answer():
     """`benchmarks.peers.refusal_floor_app`, the reference for a refusal's latency, answers
     exactly what the service's door does, and nothing else: health checks pass."""
-    from benchmarks.peers.refusal_floor_app import Arrivals, app
+    from benchmarks.peers import refusal_floor_app as floor
 
     async def scenario() -> dict[str, list[dict]]:
-        return {path: await call(app, request(path)) for path in ("/predict", "/readyz")}
+        return {path: await call(floor.app, request(path)) for path in ("/predict", "/readyz")}
 
-    before = Arrivals.last
+    before = floor.last_request
     answers = asyncio.run(scenario())
-    service = asyncio.run(
-        call(Admission(HeldApp(), routes={"/predict"}, limit=0), request("/predict"))
-    )
+    door = Admission(HeldApp(), routes={"/predict"}, limit=0)
+    service = asyncio.run(call(door, request("/predict")))
     assert answers["/predict"] == service and service[0]["status"] == 429
     assert answers["/readyz"][0]["status"] == 200
-    assert Arrivals.last > before  # its API threads compute while requests arrive
+    assert floor.last_request > before  # what keeps its API threads computing
+
+
+def test_a_refusal_floor_without_its_model_fails_its_startup(monkeypatch):
+    """Rather than refuse on idle cores and report a floor that is not one."""
+    import torch
+
+    from benchmarks.peers import refusal_floor_app as floor
+    from benchmarks.peers.champion import MODEL_DIR_ENV
+
+    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this process keeps its own
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        async def receive() -> dict:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await floor.app({"type": "lifespan"}, receive, send)
+
+    asyncio.run(scenario())
+    assert [message["type"] for message in sent] == ["lifespan.startup.failed"]
+    assert MODEL_DIR_ENV in sent[0]["message"]
