@@ -266,8 +266,8 @@ def peer_rows(r: dict, row) -> None:
             opened,
             opened.get("refused_p99_ms"),
             opened.get("accepted_p99_ms"),
-            f"{opened.get('offered_per_s')}/s offered, median of {len(opened.get('rounds', []))}"
-            " runs, statuses in all",
+            f"{opened.get('offered_per_s')}/s offered, the median of "
+            f"{len(opened.get('rounds', []))} run(s); statuses in all",
         ),
     ):
         row(
