@@ -48,6 +48,7 @@ from tests.harness import free_port
 
 THIS = "service"
 OPEN_LOOP_CONNECTIONS = 512  # arrivals found one free at twice the capacity (`not_sent` says)
+NO_RATE = "no rate to offer: the server answered no 200s at 8 clients"
 PEERS = ("fastapi", "litserve")
 FLOOR = "refusal_floor"
 UVICORN_APPS = {
@@ -217,7 +218,7 @@ def open_loop(server: Server, bodies: dict, rate: float, seconds: float) -> dict
     """`/predict` with requests arriving at `rate` a second, Poisson, whatever the server
     answers (`loadgen --rate`), as users arrive: a refused one does not come straight back."""
     if rate <= 0:
-        return {"error": "no rate to offer: the server answered no 200s at 8 clients"}
+        return {"error": NO_RATE}
     found = loadgen.spawn(
         f"{server.url}/predict", bodies["predict"], OPEN_LOOP_CONNECTIONS, seconds, rate
     )
@@ -258,7 +259,7 @@ def open_overload(
     rounds, the statuses the service's totals."""
     rate = measure(server, "predict_c8", bodies, seconds)["ok_per_s"]
     if rate <= 0:
-        return {"capacity_per_s": rate, "error": "no rate to offer: no 200s at 8 clients"}
+        return {"capacity_per_s": rate, "error": NO_RATE}
     runs = []
     for number in range(rounds):
         pair = {}
